@@ -1,0 +1,231 @@
+//! The daemon's configuration: a TOML file with documented defaults.
+//!
+//! `cri-server config default` prints [`DEFAULT_CONFIG`]; a unit test keeps that text and
+//! [`Config::default`] equal, so the printed file is always the truth.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks for its config when `--config` is not given. A missing file there is
+/// not an error (defaults apply); a missing file named by `--config` is.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cri-server/config.toml";
+
+/// The full default configuration, commented, as `cri-server config default` prints it.
+pub const DEFAULT_CONFIG: &str = r#"# cri-server configuration.
+# Every key is optional: the values below are the defaults. Unknown keys are errors.
+
+# Unix socket the kubelet connects to: --container-runtime-endpoint=unix://<listen>.
+# The socket is created with mode 0660.
+listen = "/run/cri-server/cri-server.sock"
+
+# Persistent data: image content, unpacked layers, image records.
+root = "/var/lib/cri-server"
+
+# Volatile runtime state (does not need to survive a reboot).
+state_dir = "/run/cri-server"
+
+[log]
+# "text" or "json".
+format = "text"
+# A tracing filter: "info", "debug", "cri_server=debug,info", ...
+level = "info"
+
+[image]
+# Layers downloaded (and unpacked) at the same time, over all pulls.
+max_concurrent_downloads = 6
+# A docker config.json whose "auths" are used when a PullImage request carries no auth.
+# A missing file is not an error.
+docker_config = "/root/.docker/config.json"
+
+[registry]
+# A directory in containerd's certs.d layout: <config_path>/<host>/hosts.toml (and
+# <config_path>/_default/hosts.toml for every other host). Mirrors, TLS and capabilities come
+# from there, so an existing containerd registry setup works unchanged.
+config_path = "/etc/cri-server/certs.d"
+# Registries (host or host:port) that may be reached over plain HTTP when no hosts.toml says
+# otherwise. Everything else is HTTPS only.
+insecure_registries = []
+"#;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: PathBuf,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: LogConfig,
+    pub image: ImageConfig,
+    pub registry: RegistryConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    pub max_concurrent_downloads: usize,
+    pub docker_config: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub config_path: PathBuf,
+    pub insecure_registries: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "/run/cri-server/cri-server.sock".into(),
+            root: "/var/lib/cri-server".into(),
+            state_dir: "/run/cri-server".into(),
+            log: LogConfig::default(),
+            image: ImageConfig::default(),
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_downloads: 6,
+            docker_config: "/root/.docker/config.json".into(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { config_path: "/etc/cri-server/certs.d".into(), insecure_registries: Vec::new() }
+    }
+}
+
+/// A config file that cannot be used, with the file and the reason (toml's message names the
+/// key, line and column).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key {key}: {reason}")]
+    Invalid { path: PathBuf, key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Loads `path`; when `path` is `None` the default location is read if it exists.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and validates config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason: reason.to_string(),
+        };
+        for (key, value) in
+            [("listen", &self.listen), ("root", &self.root), ("state_dir", &self.state_dir)]
+        {
+            if !value.is_absolute() {
+                return Err(invalid(key, &format!("{} is not an absolute path", value.display())));
+            }
+        }
+        if self.image.max_concurrent_downloads == 0 {
+            return Err(invalid("image.max_concurrent_downloads", "must be at least 1"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", &format!("not a tracing filter: {e}")));
+        }
+        for host in &self.registry.insecure_registries {
+            if host.is_empty() || host.contains('/') {
+                return Err(invalid(
+                    "registry.insecure_registries",
+                    &format!("{host:?} is not a host or host:port"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_default_config_equals_builtin_defaults() {
+        let parsed = Config::parse(DEFAULT_CONFIG, Path::new("default")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let err = Config::parse("[image]\nmax_downloads = 3\n", Path::new("/etc/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/x.toml"), "{err}");
+        assert!(err.contains("max_downloads"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_a_parse_error_with_the_line() {
+        let err = Config::parse("listen = 5\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn relative_root_is_refused_with_its_key() {
+        let err = Config::parse("root = \"var/lib\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "root", .. }), "{err}");
+    }
+
+    #[test]
+    fn zero_downloads_is_refused() {
+        let err =
+            Config::parse("[image]\nmax_concurrent_downloads = 0\n", Path::new("c")).unwrap_err();
+        assert!(err.to_string().contains("image.max_concurrent_downloads"));
+    }
+}

@@ -1,0 +1,10 @@
+//! cri-server: a CRI v1 runtime and image service for the kubelet.
+//!
+//! `service` is the gRPC wire layer; `image` the image domain; `config` and `store` the
+//! daemon's configuration and its on-disk state helpers; `server` wires them to a unix socket.
+
+pub mod config;
+pub mod image;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -1,0 +1,24 @@
+//! The gRPC wire layer: RuntimeService and ImageService. Each RPC validates its request,
+//! calls the domain, and maps domain errors to gRPC codes. No syscalls here.
+
+pub mod image;
+pub mod runtime;
+
+use tonic::{Code, Status};
+
+use crate::image::ImageError;
+
+/// gRPC status for an image-domain error.
+pub fn image_status(e: ImageError) -> Status {
+    let code = match &e {
+        ImageError::InvalidReference { .. } | ImageError::BadCredentials(_) => Code::InvalidArgument,
+        ImageError::NotFound(_) => Code::NotFound,
+        ImageError::Unauthorized(_) => Code::Unauthenticated,
+        ImageError::Unsupported(_) => Code::FailedPrecondition,
+        ImageError::Verification { .. } | ImageError::Unpack { .. } => Code::DataLoss,
+        ImageError::RegistryConfig { .. } => Code::FailedPrecondition,
+        ImageError::Registry(_) => Code::Unavailable,
+        ImageError::Io { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}

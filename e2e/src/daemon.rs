@@ -1,0 +1,145 @@
+//! Runs the real `cri-server` binary for a test: its own socket, root, state dir and config in
+//! a temp dir, its log in a file there.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Where the workspace's built binaries are: `CRI_SERVER_BIN`'s directory if set, else the
+/// target dir this test binary runs from (`target/<profile>/deps/..`).
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var("CRI_SERVER_BIN")
+        && name == "cri-server"
+    {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    profile_dir.join(name)
+}
+
+pub struct CriServer {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl CriServer {
+    /// Starts a daemon whose config is the test's paths plus `extra` (TOML appended to the
+    /// file: `[image]`, `[registry]` tables...). Waits for the socket.
+    pub fn start(extra: &str) -> Result<CriServer> {
+        let dir = tempfile::Builder::new().prefix("cri-e2e-").tempdir()?;
+        let root = dir.path().join("root");
+        let socket = dir.path().join("cri.sock");
+        let config_path = dir.path().join("config.toml");
+        let config = format!(
+            "listen = {socket:?}\nroot = {root:?}\nstate_dir = {state:?}\n[log]\nlevel = \"cri_server=debug,info\"\n{extra}\n",
+            state = dir.path().join("state"),
+        );
+        std::fs::write(&config_path, config)?;
+        let mut server = CriServer {
+            dir,
+            socket,
+            root,
+            config_path,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("cri-server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the binary again with the same config (after a stop or kill).
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(bin_path("cri-server"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin_path("cri-server").display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("cri-server exited with {status} at start:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("cri-server did not listen within 20s:\n{}", self.log())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `sig` and waits for the exit; returns the exit code (None if killed by a signal).
+    pub fn stop_with(&mut self, sig: Signal) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            bail!("not running")
+        };
+        kill(Pid::from_raw(child.id() as i32), sig)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("cri-server ignored {sig} for 20s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9 and start again.
+    pub fn crash_and_restart(&mut self) -> Result<()> {
+        self.stop_with(Signal::SIGKILL)?;
+        self.spawn()
+    }
+
+    pub async fn clients(&self) -> Result<crate::cri::Clients> {
+        crate::cri::connect(&self.socket).await
+    }
+}
+
+impl Drop for CriServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- cri-server log ----\n{}", self.log());
+        }
+    }
+}
