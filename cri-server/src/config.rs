@@ -102,7 +102,10 @@ impl Default for Config {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -117,7 +120,10 @@ impl Default for ImageConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { config_path: "/etc/cri-server/certs.d".into(), insecure_registries: Vec::new() }
+        Self {
+            config_path: "/etc/cri-server/certs.d".into(),
+            insecure_registries: Vec::new(),
+        }
     }
 }
 
@@ -126,11 +132,18 @@ impl Default for RegistryConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: key {key}: {reason}")]
-    Invalid { path: PathBuf, key: &'static str, reason: String },
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
 }
 
 impl Config {
@@ -166,15 +179,23 @@ impl Config {
             key,
             reason: reason.to_string(),
         };
-        for (key, value) in
-            [("listen", &self.listen), ("root", &self.root), ("state_dir", &self.state_dir)]
-        {
+        for (key, value) in [
+            ("listen", &self.listen),
+            ("root", &self.root),
+            ("state_dir", &self.state_dir),
+        ] {
             if !value.is_absolute() {
-                return Err(invalid(key, &format!("{} is not an absolute path", value.display())));
+                return Err(invalid(
+                    key,
+                    &format!("{} is not an absolute path", value.display()),
+                ));
             }
         }
         if self.image.max_concurrent_downloads == 0 {
-            return Err(invalid("image.max_concurrent_downloads", "must be at least 1"));
+            return Err(invalid(
+                "image.max_concurrent_downloads",
+                "must be at least 1",
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", &format!("not a tracing filter: {e}")));
@@ -212,14 +233,19 @@ mod tests {
 
     #[test]
     fn wrong_type_is_a_parse_error_with_the_line() {
-        let err = Config::parse("listen = 5\n", Path::new("c.toml")).unwrap_err().to_string();
+        let err = Config::parse("listen = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("c.toml") && err.contains("line 1"), "{err}");
     }
 
     #[test]
     fn relative_root_is_refused_with_its_key() {
         let err = Config::parse("root = \"var/lib\"\n", Path::new("c.toml")).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { key: "root", .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Invalid { key: "root", .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use cri_server::config::{Config, DEFAULT_CONFIG, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "cri-server", version, about = "CRI v1 runtime and image service for the kubelet")]
+#[command(
+    name = "cri-server",
+    version,
+    about = "CRI v1 runtime and image service for the kubelet"
+)]
 struct Cli {
     /// Config file (TOML). Default: /etc/cri-server/config.toml if it exists, else built-in
     /// defaults (see `cri-server config default`).
@@ -72,13 +76,18 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     }
     // Flags are checked as strictly as the file.
     let text = toml::to_string(&config)?;
-    Ok(Config::parse(&text, std::path::Path::new("<command line>"))?)
+    Ok(Config::parse(
+        &text,
+        std::path::Path::new("<command line>"),
+    )?)
 }
 
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -87,7 +96,10 @@ fn init_tracing(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Config { what: ConfigCommand::Default }) = &cli.command {
+    if let Some(Command::Config {
+        what: ConfigCommand::Default,
+    }) = &cli.command
+    {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;
     }
@@ -98,12 +110,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Config { what: ConfigCommand::Check }) = &cli.command {
+    if let Some(Command::Config {
+        what: ConfigCommand::Check,
+    }) = &cli.command
+    {
         print!("{}", toml::to_string(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cri-server: start tokio runtime: {e}");

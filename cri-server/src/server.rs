@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
 use anyhow::Context;
+use k8s_cri::v1::CgroupDriver;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
-use k8s_cri::v1::CgroupDriver;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -32,7 +32,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let images = ImageStore::open(
         &config.root.join("images"),
         PullOptions {
-            hosts: Hosts::new(config.registry.config_path.clone(), config.registry.insecure_registries.clone()),
+            hosts: Hosts::new(
+                config.registry.config_path.clone(),
+                config.registry.insecure_registries.clone(),
+            ),
             docker_config: config.image.docker_config.clone(),
             max_concurrent_downloads: config.image.max_concurrent_downloads,
         },
@@ -42,7 +45,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = bind(&config.listen)?;
     info!(socket = %config.listen.display(), root = %config.root.display(), "cri-server listening");
 
-    let runtime = RuntimeServiceImpl { cgroup_driver: CgroupDriver::Cgroupfs };
+    let runtime = RuntimeServiceImpl {
+        cgroup_driver: CgroupDriver::Cgroupfs,
+    };
     let image = ImageServiceImpl { images };
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
@@ -80,7 +85,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     if in_flight.count() > 0 {
-        tracing::warn!(calls = in_flight.count(), "grace period over, exiting with calls in flight");
+        tracing::warn!(
+            calls = in_flight.count(),
+            "grace period over, exiting with calls in flight"
+        );
     }
     info!("cri-server stopped");
     Ok(())
@@ -110,7 +118,10 @@ impl Drop for CallGuard {
 impl<S> tower::Layer<S> for InFlight {
     type Service = InFlightService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        InFlightService { inner, count: self.0.clone() }
+        InFlightService {
+            inner,
+            count: self.0.clone(),
+        }
     }
 }
 
@@ -147,7 +158,8 @@ where
 /// Binds the socket (replacing a stale one) with mode 0660.
 fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create socket dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create socket dir {}", dir.display()))?;
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         anyhow::bail!("{} is in use by a running server", path.display());

@@ -11,9 +11,17 @@ use serde::de::DeserializeOwned;
 /// Writes `data` to `path` atomically. The temp file sits beside the target (same filesystem)
 /// and starts with `.tmp-`, which [`remove_temp_files`] clears after a crash.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
-    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), name.to_string_lossy()));
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        name.to_string_lossy()
+    ));
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
@@ -65,7 +73,10 @@ mod tests {
         write_json(&path, &vec![3]).unwrap();
         let back: Vec<i32> = read_json(&path).unwrap();
         assert_eq!(back, vec![3]);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("rec.json")]);
     }
 
@@ -76,7 +87,10 @@ mod tests {
         fs::create_dir(dir.path().join(".tmp-layer")).unwrap();
         fs::write(dir.path().join("keep"), b"k").unwrap();
         remove_temp_files(dir.path()).unwrap();
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("keep")]);
     }
 }

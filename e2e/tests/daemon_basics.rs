@@ -8,7 +8,10 @@ use k8s_cri::v1::{RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, Ver
 use tonic::Code;
 
 fn cri_server(args: &[&str]) -> std::process::Output {
-    Command::new(bin_path("cri-server")).args(args).output().expect("run cri-server")
+    Command::new(bin_path("cri-server"))
+        .args(args)
+        .output()
+        .expect("run cri-server")
 }
 
 #[test]
@@ -21,14 +24,24 @@ fn config_default_prints_a_config_the_daemon_accepts() {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, &text).unwrap();
     let out = cri_server(&["--config", path.to_str().unwrap(), "config", "check"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn help_explains_every_flag() {
     let out = cri_server(&["--help"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--config", "--listen", "--root", "--state-dir", "--log-format"] {
+    for flag in [
+        "--config",
+        "--listen",
+        "--root",
+        "--state-dir",
+        "--log-format",
+    ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
 }
@@ -41,7 +54,10 @@ fn bad_config_fails_at_start_naming_file_and_key() {
     let out = cri_server(&["--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("max_concurrent_downloads"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("max_concurrent_downloads"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     std::fs::write(&path, "[registry]\nmirrors = 1\n").unwrap();
@@ -50,7 +66,10 @@ fn bad_config_fails_at_start_naming_file_and_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains("mirrors"), "{err}");
 
-    let out = cri_server(&["--config", dir.path().join("missing.toml").to_str().unwrap()]);
+    let out = cri_server(&[
+        "--config",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 
@@ -61,20 +80,48 @@ fn bad_config_fails_at_start_naming_file_and_key() {
 #[tokio::test]
 async fn socket_is_0660_and_runtime_basics_answer() {
     let server = CriServer::start("").unwrap();
-    let mode = std::fs::metadata(&server.socket).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&server.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o660);
     let mut c = server.clients().await.unwrap();
-    let v = c.runtime.version(VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
-    assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("cri-server", "v1"));
-    let st = c.runtime.status(StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let v = c
+        .runtime
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+        ("cri-server", "v1")
+    );
+    let st = c
+        .runtime
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
     let conds = st.status.unwrap().conditions;
     let runtime = conds.iter().find(|c| c.r#type == "RuntimeReady").unwrap();
     let network = conds.iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(runtime.status);
     assert!(!network.status && !network.reason.is_empty());
-    let rc = c.runtime.runtime_config(RuntimeConfigRequest {}).await.unwrap().into_inner();
+    let rc = c
+        .runtime
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(rc.linux.is_some());
-    let err = c.runtime.run_pod_sandbox(RunPodSandboxRequest::default()).await.unwrap_err();
+    let err = c
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("RunPodSandbox"));
 }

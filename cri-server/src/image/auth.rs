@@ -14,11 +14,17 @@ use super::ImageError;
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// A bearer token sent as it is (`registry_token`).
     Bearer(String),
     /// An OAuth2 refresh token to exchange at the token realm (`identity_token`).
-    IdentityToken { username: String, token: String },
+    IdentityToken {
+        username: String,
+        token: String,
+    },
 }
 
 impl std::fmt::Debug for Credential {
@@ -40,7 +46,9 @@ impl Credential {
             Credential::Anonymous => return "anonymous".into(),
             Credential::Basic { username, password } => format!("basic\0{username}\0{password}"),
             Credential::Bearer(t) => format!("bearer\0{t}"),
-            Credential::IdentityToken { username, token } => format!("identity\0{username}\0{token}"),
+            Credential::IdentityToken { username, token } => {
+                format!("identity\0{username}\0{token}")
+            }
         };
         hex::encode(Sha256::digest(raw))
     }
@@ -48,7 +56,13 @@ impl Credential {
 
 /// Turns a CRI `AuthConfig` into a credential; an empty config is anonymous.
 pub fn from_cri(auth: &AuthConfig) -> Result<Credential, ImageError> {
-    from_fields(&auth.username, &auth.password, &auth.auth, &auth.identity_token, &auth.registry_token)
+    from_fields(
+        &auth.username,
+        &auth.password,
+        &auth.auth,
+        &auth.identity_token,
+        &auth.registry_token,
+    )
 }
 
 fn from_fields(
@@ -74,12 +88,18 @@ fn from_fields(
         (user, pass) = (u.to_string(), p.to_string());
     }
     if !identity_token.is_empty() {
-        return Ok(Credential::IdentityToken { username: user, token: identity_token.to_string() });
+        return Ok(Credential::IdentityToken {
+            username: user,
+            token: identity_token.to_string(),
+        });
     }
     if user.is_empty() && pass.is_empty() {
         return Ok(Credential::Anonymous);
     }
-    Ok(Credential::Basic { username: user, password: pass })
+    Ok(Credential::Basic {
+        username: user,
+        password: pass,
+    })
 }
 
 #[derive(Deserialize)]
@@ -104,7 +124,12 @@ pub fn from_docker_config(path: &Path, registry: &str) -> Result<Credential, Ima
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credential::Anonymous),
-        Err(e) => return Err(ImageError::BadCredentials(format!("read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(ImageError::BadCredentials(format!(
+                "read {}: {e}",
+                path.display()
+            )));
+        }
     };
     let config: DockerConfig = serde_json::from_slice(&text)
         .map_err(|e| ImageError::BadCredentials(format!("{}: {e}", path.display())))?;
@@ -121,7 +146,13 @@ pub fn from_docker_config(path: &Path, registry: &str) -> Result<Credential, Ima
     }
     for key in keys {
         if let Some(a) = config.auths.get(&key) {
-            return from_fields(&a.username, &a.password, &a.auth, &a.identitytoken, &a.registrytoken);
+            return from_fields(
+                &a.username,
+                &a.password,
+                &a.auth,
+                &a.identitytoken,
+                &a.registrytoken,
+            );
         }
     }
     Ok(Credential::Anonymous)
@@ -180,15 +211,24 @@ pub async fn to_registry_auth(
                 .await
                 .map_err(|e| ImageError::Registry(format!("POST {realm}: {e}")))?;
             if !resp.status().is_success() {
-                return Err(unauthorized(format!("token exchange at {realm}: {}", resp.status())));
+                return Err(unauthorized(format!(
+                    "token exchange at {realm}: {}",
+                    resp.status()
+                )));
             }
             let body: TokenResponse = resp
                 .json()
                 .await
                 .map_err(|e| unauthorized(format!("token exchange at {realm}: {e}")))?;
-            let t = if body.access_token.is_empty() { body.token } else { body.access_token };
+            let t = if body.access_token.is_empty() {
+                body.token
+            } else {
+                body.access_token
+            };
             if t.is_empty() {
-                return Err(unauthorized(format!("token exchange at {realm} returned no token")));
+                return Err(unauthorized(format!(
+                    "token exchange at {realm} returned no token"
+                )));
             }
             RegistryAuth::Bearer(t)
         }
@@ -197,7 +237,10 @@ pub async fn to_registry_auth(
 
 /// Parses `Bearer realm="...",service="..."`.
 fn parse_bearer_challenge(h: &str) -> Option<(String, Option<String>)> {
-    let rest = h.trim().strip_prefix("Bearer ").or_else(|| h.trim().strip_prefix("bearer "))?;
+    let rest = h
+        .trim()
+        .strip_prefix("Bearer ")
+        .or_else(|| h.trim().strip_prefix("bearer "))?;
     let (mut realm, mut service) = (None, None);
     for part in rest.split(',') {
         let (k, v) = part.trim().split_once('=')?;
@@ -224,22 +267,40 @@ mod tests {
         };
         assert_eq!(
             from_cri(&a).unwrap(),
-            Credential::Basic { username: "alice".into(), password: "s3cret".into() }
+            Credential::Basic {
+                username: "alice".into(),
+                password: "s3cret".into()
+            }
         );
     }
 
     #[test]
     fn registry_token_is_a_bearer_and_empty_is_anonymous() {
-        let a = AuthConfig { registry_token: "tok".into(), ..Default::default() };
+        let a = AuthConfig {
+            registry_token: "tok".into(),
+            ..Default::default()
+        };
         assert_eq!(from_cri(&a).unwrap(), Credential::Bearer("tok".into()));
-        assert_eq!(from_cri(&AuthConfig::default()).unwrap(), Credential::Anonymous);
-        let a = AuthConfig { identity_token: "refresh".into(), ..Default::default() };
-        assert!(matches!(from_cri(&a).unwrap(), Credential::IdentityToken { .. }));
+        assert_eq!(
+            from_cri(&AuthConfig::default()).unwrap(),
+            Credential::Anonymous
+        );
+        let a = AuthConfig {
+            identity_token: "refresh".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            from_cri(&a).unwrap(),
+            Credential::IdentityToken { .. }
+        ));
     }
 
     #[test]
     fn malformed_auth_is_refused() {
-        let a = AuthConfig { auth: "!!!".into(), ..Default::default() };
+        let a = AuthConfig {
+            auth: "!!!".into(),
+            ..Default::default()
+        };
         assert!(matches!(from_cri(&a), Err(ImageError::BadCredentials(_))));
     }
 
@@ -255,13 +316,22 @@ mod tests {
         .unwrap();
         assert_eq!(
             from_docker_config(&p, "docker.io").unwrap(),
-            Credential::Basic { username: "bob".into(), password: "pw".into() }
+            Credential::Basic {
+                username: "bob".into(),
+                password: "pw".into()
+            }
         );
         assert_eq!(
             from_docker_config(&p, "127.0.0.1:5000").unwrap(),
-            Credential::Basic { username: "u".into(), password: "p".into() }
+            Credential::Basic {
+                username: "u".into(),
+                password: "p".into()
+            }
         );
-        assert_eq!(from_docker_config(&p, "quay.io").unwrap(), Credential::Anonymous);
+        assert_eq!(
+            from_docker_config(&p, "quay.io").unwrap(),
+            Credential::Anonymous
+        );
         assert_eq!(
             from_docker_config(&dir.path().join("none"), "quay.io").unwrap(),
             Credential::Anonymous
@@ -271,7 +341,8 @@ mod tests {
     #[test]
     fn bearer_challenge_is_parsed() {
         let (realm, service) =
-            parse_bearer_challenge(r#"Bearer realm="https://auth.example/token",service="reg""#).unwrap();
+            parse_bearer_challenge(r#"Bearer realm="https://auth.example/token",service="reg""#)
+                .unwrap();
         assert_eq!(realm, "https://auth.example/token");
         assert_eq!(service.as_deref(), Some("reg"));
         assert!(parse_bearer_challenge("Basic realm=x").is_none());

@@ -90,7 +90,10 @@ pub struct Hosts {
 
 impl Hosts {
     pub fn new(config_path: PathBuf, insecure: Vec<String>) -> Self {
-        Self { config_path, insecure }
+        Self {
+            config_path,
+            insecure,
+        }
     }
 
     /// The endpoints to try for `registry` (as in the image reference), in order.
@@ -100,22 +103,32 @@ impl Hosts {
             let path = self.config_path.join(dir).join("hosts.toml");
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
-                    let parsed: HostsFile = toml::from_str(&text).map_err(|e| {
-                        ImageError::RegistryConfig { path: path.clone(), reason: e.to_string() }
-                    })?;
+                    let parsed: HostsFile =
+                        toml::from_str(&text).map_err(|e| ImageError::RegistryConfig {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        })?;
                     file = Some((parsed, path));
                     break;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(ImageError::RegistryConfig { path, reason: e.to_string() });
+                    return Err(ImageError::RegistryConfig {
+                        path,
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
         let default_upstream = self.default_upstream(registry);
-        let Some((file, path)) = file else { return Ok(vec![default_upstream]) };
+        let Some((file, path)) = file else {
+            return Ok(vec![default_upstream]);
+        };
         let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let bad = |reason: String| ImageError::RegistryConfig { path: path.clone(), reason };
+        let bad = |reason: String| ImageError::RegistryConfig {
+            path: path.clone(),
+            reason,
+        };
 
         let mut out = Vec::new();
         for (url, table) in file.host {
@@ -135,7 +148,11 @@ impl Hosts {
             let mut upstream = match &file.server {
                 Some(server) => {
                     let (scheme, host) = split_url(server).map_err(&bad)?;
-                    Endpoint { scheme, host, ..default_upstream }
+                    Endpoint {
+                        scheme,
+                        host,
+                        ..default_upstream
+                    }
                 }
                 None => default_upstream,
             };
@@ -147,14 +164,24 @@ impl Hosts {
             out.push(upstream);
         }
         if out.is_empty() {
-            return Err(bad("no [host] table and fallback = false: no endpoint left".into()));
+            return Err(bad(
+                "no [host] table and fallback = false: no endpoint left".into(),
+            ));
         }
         Ok(out)
     }
 
     fn default_upstream(&self, registry: &str) -> Endpoint {
-        let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
-        let scheme = if self.insecure.iter().any(|h| h == registry) { "http" } else { "https" };
+        let host = if registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        let scheme = if self.insecure.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        };
         Endpoint {
             scheme: scheme.into(),
             host: host.into(),
@@ -188,7 +215,9 @@ fn split_url(url: &str) -> Result<(String, String), String> {
 }
 
 fn capabilities(caps: Option<&[String]>) -> Result<(bool, bool), String> {
-    let Some(caps) = caps else { return Ok((true, true)) };
+    let Some(caps) = caps else {
+        return Ok((true, true));
+    };
     let (mut resolve, mut pull) = (false, false);
     for c in caps {
         match c.as_str() {
@@ -217,7 +246,10 @@ mod tests {
     fn no_hosts_file_means_the_registry_itself_over_https() {
         let hosts = Hosts::new("/nonexistent".into(), vec!["10.0.0.1:5000".into()]);
         let e = hosts.endpoints("docker.io").unwrap();
-        assert_eq!((e[0].scheme.as_str(), e[0].host.as_str()), ("https", "registry-1.docker.io"));
+        assert_eq!(
+            (e[0].scheme.as_str(), e[0].host.as_str()),
+            ("https", "registry-1.docker.io")
+        );
         let e = hosts.endpoints("10.0.0.1:5000").unwrap();
         assert_eq!(e[0].scheme, "http");
     }
@@ -267,8 +299,17 @@ server = "https://registry.k8s.io"
     fn bad_hosts_file_names_the_file() {
         let (_d, hosts) = hosts_with("x.io", "[host.\"ftp://a\"]\n");
         let err = hosts.endpoints("x.io").unwrap_err().to_string();
-        assert!(err.contains("hosts.toml") && err.contains("scheme"), "{err}");
+        assert!(
+            err.contains("hosts.toml") && err.contains("scheme"),
+            "{err}"
+        );
         let (_d, hosts) = hosts_with("y.io", "[host.\"http://a\"]\ncapabilities = [\"fly\"]\n");
-        assert!(hosts.endpoints("y.io").unwrap_err().to_string().contains("fly"));
+        assert!(
+            hosts
+                .endpoints("y.io")
+                .unwrap_err()
+                .to_string()
+                .contains("fly")
+        );
     }
 }

@@ -40,9 +40,16 @@ pub enum ImageError {
     #[error("unsupported image: {0}")]
     Unsupported(String),
     #[error("unpack layer {digest}: {source}")]
-    Unpack { digest: String, source: unpack::UnpackError },
+    Unpack {
+        digest: String,
+        source: unpack::UnpackError,
+    },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ImageError {
@@ -131,7 +138,9 @@ impl ImageStore {
                 Ok(r) => {
                     records.insert(r.id.clone(), r);
                 }
-                Err(e) => warn!(path = %path.display(), error = %e, "dropping unreadable image record"),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "dropping unreadable image record")
+                }
             }
         }
         let store = Arc::new(ImageStore {
@@ -142,7 +151,10 @@ impl ImageStore {
             puller: pull::Puller::new(options),
         });
         let removed = store.collect_garbage_now()?;
-        info!(images = store.records.read().map(|r| r.len()).unwrap_or(0), removed, "image store open");
+        info!(
+            images = store.records.read().map(|r| r.len()).unwrap_or(0),
+            removed, "image store open"
+        );
         Ok(store)
     }
 
@@ -151,7 +163,9 @@ impl ImageStore {
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
-        self.root.join("images").join(format!("{}.json", hex_of(id)))
+        self.root
+            .join("images")
+            .join(format!("{}.json", hex_of(id)))
     }
 
     pub fn content_path(&self, digest: &str) -> PathBuf {
@@ -160,7 +174,13 @@ impl ImageStore {
 
     /// All images, ordered by id.
     pub fn list(&self) -> Vec<ImageRecord> {
-        let mut v: Vec<_> = self.records.read().expect("image records lock").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .records
+            .read()
+            .expect("image records lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -173,7 +193,11 @@ impl ImageStore {
         if name.is_empty() {
             return None;
         }
-        let as_id = if name.starts_with("sha256:") { name.to_string() } else { format!("sha256:{name}") };
+        let as_id = if name.starts_with("sha256:") {
+            name.to_string()
+        } else {
+            format!("sha256:{name}")
+        };
         if let Some(r) = records.get(&as_id) {
             return Some(r.clone());
         }
@@ -183,7 +207,8 @@ impl ImageStore {
                     let want = reference::repo_digest(&r, d);
                     records.values().find(|i| i.repo_digests.contains(&want))
                 }
-                None => reference::repo_tag(&r).and_then(|t| records.values().find(|i| i.repo_tags.contains(&t))),
+                None => reference::repo_tag(&r)
+                    .and_then(|t| records.values().find(|i| i.repo_tags.contains(&t))),
             };
             if let Some(f) = found {
                 return Some(f.clone());
@@ -207,14 +232,19 @@ impl ImageStore {
     /// Removes an image with all its names. Unknown images are not an error.
     pub async fn remove(&self, name: &str) -> Result<(), ImageError> {
         let _w = self.write.lock().await;
-        let Some(rec) = self.find(name) else { return Ok(()) };
+        let Some(rec) = self.find(name) else {
+            return Ok(());
+        };
         let path = self.record_path(&rec.id);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(ImageError::io("remove image record", &path)(e)),
         }
-        self.records.write().expect("image records lock").remove(&rec.id);
+        self.records
+            .write()
+            .expect("image records lock")
+            .remove(&rec.id);
         info!(image = %rec.id, tags = ?rec.repo_tags, "image removed");
         self.collect_garbage_now()?;
         Ok(())
@@ -224,7 +254,9 @@ impl ImageStore {
     /// image's removal until [`ImageStore::release`].
     pub async fn lease(&self, holder: &str, image_id: &str) -> Result<(), ImageError> {
         let _w = self.write.lock().await;
-        let rec = self.find(image_id).ok_or_else(|| ImageError::NotFound(image_id.into()))?;
+        let rec = self
+            .find(image_id)
+            .ok_or_else(|| ImageError::NotFound(image_id.into()))?;
         let chain: Vec<String> = rec.layers.iter().map(|l| l.chain_id.clone()).collect();
         let path = self.root.join("leases").join(format!("{holder}.json"));
         store::write_json(&path, &chain).map_err(ImageError::io("write lease", &path))
@@ -278,25 +310,43 @@ impl ImageStore {
             }
             keep_layers.extend(r.layers.iter().map(|l| hex_of(&l.chain_id).to_string()));
         }
-        keep_layers.extend(self.pending.lock().expect("pending lock").keys().map(|c| hex_of(c).to_string()));
+        keep_layers.extend(
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .keys()
+                .map(|c| hex_of(c).to_string()),
+        );
         let leases = self.root.join("leases");
-        for entry in std::fs::read_dir(&leases).map_err(ImageError::io("read", &leases))?.flatten() {
+        for entry in std::fs::read_dir(&leases)
+            .map_err(ImageError::io("read", &leases))?
+            .flatten()
+        {
             match store::read_json::<Vec<String>>(&entry.path()) {
                 Ok(chain) => keep_layers.extend(chain.iter().map(|c| hex_of(c).to_string())),
-                Err(e) => warn!(path = %entry.path().display(), error = %e, "unreadable lease kept out of GC"),
+                Err(e) => {
+                    warn!(path = %entry.path().display(), error = %e, "unreadable lease kept out of GC")
+                }
             }
         }
         let mut removed = 0;
         for (dir, keep) in [("layers", &keep_layers), ("content/sha256", &keep_content)] {
             let dir = self.root.join(dir);
-            for entry in std::fs::read_dir(&dir).map_err(ImageError::io("read", &dir))?.flatten() {
+            for entry in std::fs::read_dir(&dir)
+                .map_err(ImageError::io("read", &dir))?
+                .flatten()
+            {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let key = name.strip_suffix(".json").unwrap_or(&name);
                 if name.starts_with(".tmp-") || keep.contains(key) {
                     continue;
                 }
                 let p = entry.path();
-                let res = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                let res = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
                 res.map_err(ImageError::io("remove unused", &p))?;
                 removed += 1;
             }
@@ -317,7 +367,10 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(parent) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{parent} {d}")))),
+            Some(parent) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{parent} {d}")))
+            ),
         };
         out.push(next);
     }
@@ -335,7 +388,10 @@ mod tests {
         let ids = chain_ids(&[a.clone(), b.clone()]);
         assert_eq!(ids[0], a);
         use sha2::{Digest, Sha256};
-        assert_eq!(ids[1], format!("sha256:{}", hex::encode(Sha256::digest(format!("{a} {b}")))));
+        assert_eq!(
+            ids[1],
+            format!("sha256:{}", hex::encode(Sha256::digest(format!("{a} {b}"))))
+        );
     }
 
     #[test]

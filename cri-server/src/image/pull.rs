@@ -19,14 +19,21 @@ use tracing::{debug, info, warn};
 
 use super::auth::{self, Credential};
 use super::hosts::{Endpoint, Hosts};
-use super::{ImageError, ImageRecord, ImageStore, LayerRecord, RunConfig, chain_ids, hex_of, reference};
+use super::{
+    ImageError, ImageRecord, ImageStore, LayerRecord, RunConfig, chain_ids, hex_of, reference,
+};
 use crate::store;
 
 const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const MANIFEST_TYPES: [&str; 4] = [MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST];
+const MANIFEST_TYPES: [&str; 4] = [
+    MEDIA_OCI_INDEX,
+    MEDIA_DOCKER_LIST,
+    MEDIA_OCI_MANIFEST,
+    MEDIA_DOCKER_MANIFEST,
+];
 const LAYER_TYPES: [&str; 8] = [
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -130,10 +137,19 @@ struct Source {
 impl Puller {
     pub(super) fn new(options: PullOptions) -> Self {
         let downloads = Arc::new(Semaphore::new(options.max_concurrent_downloads));
-        Self { options, clients: Mutex::new(HashMap::new()), downloads, keyed: Mutex::new(HashMap::new()) }
+        Self {
+            options,
+            clients: Mutex::new(HashMap::new()),
+            downloads,
+            keyed: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn clients_for(&self, ep: &Endpoint, cred: &Credential) -> Result<(Client, reqwest::Client), ImageError> {
+    fn clients_for(
+        &self,
+        ep: &Endpoint,
+        cred: &Credential,
+    ) -> Result<(Client, reqwest::Client), ImageError> {
         let key = (ep.clone(), cred.fingerprint());
         let mut clients = self.clients.lock().expect("clients lock");
         if let Some(c) = clients.get(&key) {
@@ -146,10 +162,11 @@ impl Puller {
         let mut http = reqwest::Client::builder().danger_accept_invalid_certs(ep.skip_verify);
         for ca in &ep.ca {
             let data = std::fs::read(ca).map_err(ImageError::io("read registry CA", ca))?;
-            let cert = reqwest::Certificate::from_pem(&data).map_err(|e| ImageError::RegistryConfig {
-                path: ca.clone(),
-                reason: format!("not a PEM certificate: {e}"),
-            })?;
+            let cert =
+                reqwest::Certificate::from_pem(&data).map_err(|e| ImageError::RegistryConfig {
+                    path: ca.clone(),
+                    reason: format!("not a PEM certificate: {e}"),
+                })?;
             http = http.add_root_certificate(cert);
             certs.push(oci_client::client::Certificate {
                 encoding: oci_client::client::CertificateEncoding::Pem,
@@ -157,7 +174,11 @@ impl Puller {
             });
         }
         let config = ClientConfig {
-            protocol: if ep.scheme == "http" { ClientProtocol::Http } else { ClientProtocol::Https },
+            protocol: if ep.scheme == "http" {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
             accept_invalid_certificates: ep.skip_verify,
             extra_root_certificates: certs,
             platform_resolver: None,
@@ -166,7 +187,9 @@ impl Puller {
             user_agent: concat!("cri-server/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
-        let http = http.build().map_err(|e| ImageError::Registry(format!("HTTP client: {e}")))?;
+        let http = http
+            .build()
+            .map_err(|e| ImageError::Registry(format!("HTTP client: {e}")))?;
         let pair = (Client::new(config), http);
         clients.insert(key, pair.clone());
         Ok(pair)
@@ -178,7 +201,11 @@ impl Puller {
         map.entry(key.to_string()).or_default().clone()
     }
 
-    async fn sources(&self, r: &Reference, request_cred: Option<&Credential>) -> Result<Vec<Source>, ImageError> {
+    async fn sources(
+        &self,
+        r: &Reference,
+        request_cred: Option<&Credential>,
+    ) -> Result<Vec<Source>, ImageError> {
         let mut out = Vec::new();
         for endpoint in self.options.hosts.endpoints(r.registry())? {
             let mut reference = r.clone();
@@ -193,7 +220,12 @@ impl Puller {
             let (client, http) = self.clients_for(&endpoint, &cred)?;
             let base = format!("{}://{}", endpoint.scheme, endpoint.host);
             let auth = auth::to_registry_auth(&cred, &http, &base, r.repository()).await?;
-            out.push(Source { endpoint, client, reference, auth });
+            out.push(Source {
+                endpoint,
+                client,
+                reference,
+                auth,
+            });
         }
         Ok(out)
     }
@@ -205,10 +237,18 @@ fn registry_error(what: &str, e: oci_client::errors::OciDistributionError) -> Im
         E::UnauthorizedError { url } => ImageError::Unauthorized(format!("{what}: {url}")),
         E::AuthenticationFailure(m) => ImageError::Unauthorized(format!("{what}: {m}")),
         E::ImageManifestNotFoundError(m) => ImageError::NotFound(format!("{what}: {m}")),
-        E::RegistryError { envelope, url } if envelope.errors.iter().any(|x| format!("{:?}", x.code).contains("Unknown")) => {
+        E::RegistryError { envelope, url }
+            if envelope
+                .errors
+                .iter()
+                .any(|x| format!("{:?}", x.code).contains("Unknown")) =>
+        {
             ImageError::NotFound(format!("{what}: {url}: {envelope}"))
         }
-        E::DigestError(d) => ImageError::Verification { what: what.into(), reason: d.to_string() },
+        E::DigestError(d) => ImageError::Verification {
+            what: what.into(),
+            reason: d.to_string(),
+        },
         other => ImageError::Registry(format!("{what}: {other}")),
     }
 }
@@ -231,7 +271,11 @@ fn choose_platform(index: &[Descriptor]) -> Option<&Descriptor> {
     let (arch, variant) = host_platform();
     let candidates: Vec<&Descriptor> = index
         .iter()
-        .filter(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
+        .filter(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
         .collect();
     candidates
         .iter()
@@ -257,7 +301,8 @@ impl ImageStore {
         // Resolve: the top manifest (by tag through `resolve` endpoints, by digest through
         // `pull` endpoints), then the platform manifest from an index.
         let by_digest = r.digest().map(str::to_string);
-        let (top_bytes, top_digest, mut source_idx) = self.fetch_manifest(&sources, by_digest.as_deref()).await?;
+        let (top_bytes, top_digest, mut source_idx) =
+            self.fetch_manifest(&sources, by_digest.as_deref()).await?;
         let top: Manifest = serde_json::from_slice(&top_bytes)
             .map_err(|e| ImageError::Unsupported(format!("manifest of {name}: {e}")))?;
         if top.schema_version != 2 {
@@ -272,7 +317,8 @@ impl ImageStore {
                     let (arch, _) = host_platform();
                     ImageError::Unsupported(format!("{name}: no linux/{arch} image in the index"))
                 })?;
-                let (bytes, digest, idx) = self.fetch_manifest(&sources, Some(&chosen.digest)).await?;
+                let (bytes, digest, idx) =
+                    self.fetch_manifest(&sources, Some(&chosen.digest)).await?;
                 source_idx = idx;
                 self.put_content(&top_digest, &top_bytes)?;
                 (bytes, digest, Some(top_digest.clone()))
@@ -282,7 +328,9 @@ impl ImageStore {
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| ImageError::Unsupported(format!("manifest of {name}: {e}")))?;
         if manifest.manifests.is_some() {
-            return Err(ImageError::Unsupported(format!("{name}: an index inside an index")));
+            return Err(ImageError::Unsupported(format!(
+                "{name}: an index inside an index"
+            )));
         }
         let config_desc = manifest
             .config
@@ -292,7 +340,9 @@ impl ImageStore {
             && mt != MEDIA_OCI_MANIFEST
             && mt != MEDIA_DOCKER_MANIFEST
         {
-            return Err(ImageError::Unsupported(format!("{name}: manifest media type {mt}")));
+            return Err(ImageError::Unsupported(format!(
+                "{name}: manifest media type {mt}"
+            )));
         }
         for l in &manifest.layers {
             if !LAYER_TYPES.contains(&l.media_type.as_str()) {
@@ -305,9 +355,14 @@ impl ImageStore {
 
         // Config, verified by digest and size.
         if config_desc.size > MAX_CONFIG_BYTES {
-            return Err(ImageError::Unsupported(format!("{name}: config of {} bytes", config_desc.size)));
+            return Err(ImageError::Unsupported(format!(
+                "{name}: config of {} bytes",
+                config_desc.size
+            )));
         }
-        let config_bytes = self.fetch_blob_bytes(&sources, source_idx, config_desc).await?;
+        let config_bytes = self
+            .fetch_blob_bytes(&sources, source_idx, config_desc)
+            .await?;
         let config: ImageConfigFile = serde_json::from_slice(&config_bytes)
             .map_err(|e| ImageError::Unsupported(format!("{name}: image config: {e}")))?;
         if config.rootfs.kind != "layers" || config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -326,7 +381,15 @@ impl ImageStore {
         // Layers: each missing one downloaded and unpacked in parallel; GC spares them until
         // the record exists.
         self.mark_pending(&chains, true);
-        let result = self.fetch_layers(&sources, source_idx, &manifest.layers, &config.rootfs.diff_ids, &chains).await;
+        let result = self
+            .fetch_layers(
+                &sources,
+                source_idx,
+                &manifest.layers,
+                &config.rootfs.diff_ids,
+                &chains,
+            )
+            .await;
         let record = match result {
             Ok(layers) => {
                 let c = config.config.unwrap_or_default();
@@ -335,7 +398,10 @@ impl ImageStore {
                 ImageRecord {
                     id: config_desc.digest.clone(),
                     repo_tags: reference::repo_tag(&r).into_iter().collect(),
-                    repo_digests: vec![reference::repo_digest(&r, index.as_deref().unwrap_or(&manifest_digest))],
+                    repo_digests: vec![reference::repo_digest(
+                        &r,
+                        index.as_deref().unwrap_or(&manifest_digest),
+                    )],
                     size: config_desc.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
                     manifest_digest: manifest_digest.clone(),
                     index_digest: index.clone(),
@@ -403,7 +469,9 @@ impl ImageStore {
                 }
             }
             for other in records.values_mut() {
-                if other.id != record.id && other.repo_tags.iter().any(|t| record.repo_tags.contains(t)) {
+                if other.id != record.id
+                    && other.repo_tags.iter().any(|t| record.repo_tags.contains(t))
+                {
                     other.repo_tags.retain(|t| !record.repo_tags.contains(t));
                     changed.push(other.clone());
                 }
@@ -430,10 +498,18 @@ impl ImageStore {
 
     /// Fetches a manifest, trying each usable endpoint in order. Returns the bytes, their
     /// verified digest and the index of the endpoint that answered.
-    async fn fetch_manifest(&self, sources: &[Source], digest: Option<&str>) -> Result<(Bytes, String, usize), ImageError> {
+    async fn fetch_manifest(
+        &self,
+        sources: &[Source],
+        digest: Option<&str>,
+    ) -> Result<(Bytes, String, usize), ImageError> {
         let mut last = None;
         for (i, s) in sources.iter().enumerate() {
-            let usable = if digest.is_some() { s.endpoint.pull } else { s.endpoint.resolve };
+            let usable = if digest.is_some() {
+                s.endpoint.pull
+            } else {
+                s.endpoint.resolve
+            };
             if !usable {
                 continue;
             }
@@ -441,11 +517,17 @@ impl ImageStore {
                 Some(d) => s.reference.clone_with_digest(d.to_string()),
                 None => s.reference.clone(),
             };
-            let res = s.client.pull_manifest_raw(&reference, &s.auth, &MANIFEST_TYPES).await;
+            let res = s
+                .client
+                .pull_manifest_raw(&reference, &s.auth, &MANIFEST_TYPES)
+                .await;
             match res {
                 Ok((bytes, _)) => {
                     if bytes.len() > MAX_MANIFEST_BYTES {
-                        last = Some(ImageError::Unsupported(format!("manifest of {} bytes", bytes.len())));
+                        last = Some(ImageError::Unsupported(format!(
+                            "manifest of {} bytes",
+                            bytes.len()
+                        )));
                         continue;
                     }
                     let actual = sha256_digest(&bytes);
@@ -463,35 +545,61 @@ impl ImageStore {
                     return Ok((bytes, actual, i));
                 }
                 Err(e) => {
-                    let e = registry_error(&format!("manifest of {} from {}", reference.whole(), s.endpoint.host), e);
+                    let e = registry_error(
+                        &format!("manifest of {} from {}", reference.whole(), s.endpoint.host),
+                        e,
+                    );
                     warn!(error = %e, "endpoint failed, trying the next");
                     last = Some(e);
                 }
             }
         }
-        Err(last.unwrap_or_else(|| ImageError::Registry("no endpoint may serve this request".into())))
+        Err(last
+            .unwrap_or_else(|| ImageError::Registry("no endpoint may serve this request".into())))
     }
 
     /// Endpoints for blobs: the one that served the manifest first, then the other pull ones.
     fn blob_order(sources: &[Source], first: usize) -> Vec<&Source> {
         let mut order = vec![&sources[first]];
-        order.extend(sources.iter().enumerate().filter(|(i, s)| *i != first && s.endpoint.pull).map(|(_, s)| s));
+        order.extend(
+            sources
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| *i != first && s.endpoint.pull)
+                .map(|(_, s)| s),
+        );
         order
     }
 
-    async fn fetch_blob_bytes(&self, sources: &[Source], first: usize, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+    async fn fetch_blob_bytes(
+        &self,
+        sources: &[Source],
+        first: usize,
+        desc: &Descriptor,
+    ) -> Result<Vec<u8>, ImageError> {
         let mut last = None;
         for s in Self::blob_order(sources, first) {
             let mut out = Vec::with_capacity(desc.size as usize);
-            match s.client.pull_blob(&s.reference, &oci_desc(desc), &mut out).await {
-                Ok(()) if out.len() as u64 == desc.size && sha256_digest(&out) == desc.digest => return Ok(out),
+            match s
+                .client
+                .pull_blob(&s.reference, &oci_desc(desc), &mut out)
+                .await
+            {
+                Ok(()) if out.len() as u64 == desc.size && sha256_digest(&out) == desc.digest => {
+                    return Ok(out);
+                }
                 Ok(()) => {
                     last = Some(ImageError::Verification {
                         what: format!("blob {}", desc.digest),
                         reason: format!("{} bytes with digest {}", out.len(), sha256_digest(&out)),
                     })
                 }
-                Err(e) => last = Some(registry_error(&format!("blob {} from {}", desc.digest, s.endpoint.host), e)),
+                Err(e) => {
+                    last = Some(registry_error(
+                        &format!("blob {} from {}", desc.digest, s.endpoint.host),
+                        e,
+                    ))
+                }
             }
         }
         Err(last.unwrap_or_else(|| ImageError::Registry("no endpoint may serve blobs".into())))
@@ -539,26 +647,44 @@ impl ImageStore {
 
     /// Streams one layer blob into a temp dir beside its final place, checking the blob digest
     /// and size and the diff ID, then syncs and renames it into place.
-    async fn fetch_layer(&self, s: &Source, desc: &Descriptor, diff_id: &str, chain: &str) -> Result<LayerRecord, ImageError> {
+    async fn fetch_layer(
+        &self,
+        s: &Source,
+        desc: &Descriptor,
+        diff_id: &str,
+        chain: &str,
+    ) -> Result<LayerRecord, ImageError> {
         let final_path = self.layer_path(chain);
-        let layers_dir = final_path.parent().expect("layer path has a parent").to_path_buf();
+        let layers_dir = final_path
+            .parent()
+            .expect("layer path has a parent")
+            .to_path_buf();
         let tmp = layers_dir.join(format!(".tmp-{}-{}", &hex_of(chain)[..12], now_nanos()));
         std::fs::create_dir(&tmp).map_err(ImageError::io("create layer dir", &tmp))?;
-        let result = self.stream_into(s, desc, &tmp).await.and_then(|(digest, size, unpacked)| {
-            if size != desc.size || digest != desc.digest {
-                return Err(ImageError::Verification {
-                    what: format!("layer {}", desc.digest),
-                    reason: format!("received {size} bytes with digest {digest}, expected {} bytes", desc.size),
-                });
-            }
-            if unpacked.diff_id != diff_id {
-                return Err(ImageError::Verification {
-                    what: format!("layer {}", desc.digest),
-                    reason: format!("uncompressed digest {} but the config says {diff_id}", unpacked.diff_id),
-                });
-            }
-            Ok(unpacked)
-        });
+        let result = self
+            .stream_into(s, desc, &tmp)
+            .await
+            .and_then(|(digest, size, unpacked)| {
+                if size != desc.size || digest != desc.digest {
+                    return Err(ImageError::Verification {
+                        what: format!("layer {}", desc.digest),
+                        reason: format!(
+                            "received {size} bytes with digest {digest}, expected {} bytes",
+                            desc.size
+                        ),
+                    });
+                }
+                if unpacked.diff_id != diff_id {
+                    return Err(ImageError::Verification {
+                        what: format!("layer {}", desc.digest),
+                        reason: format!(
+                            "uncompressed digest {} but the config says {diff_id}",
+                            unpacked.diff_id
+                        ),
+                    });
+                }
+                Ok(unpacked)
+            });
         let unpacked = match result {
             Ok(u) => u,
             Err(e) => {
@@ -600,17 +726,32 @@ impl ImageStore {
 
     /// Download -> (blocking thread) digest + decompress + unpack. Returns the digest and size
     /// of what was received and what the unpacker found.
-    async fn stream_into(&self, s: &Source, desc: &Descriptor, dest: &Path) -> Result<(String, u64, super::unpack::Unpacked), ImageError> {
+    async fn stream_into(
+        &self,
+        s: &Source,
+        desc: &Descriptor,
+        dest: &Path,
+    ) -> Result<(String, u64, super::unpack::Unpacked), ImageError> {
         let mut stream = s
             .client
             .pull_blob_stream(&s.reference, &oci_desc(desc))
             .await
-            .map_err(|e| registry_error(&format!("layer {} from {}", desc.digest, s.endpoint.host), e))?;
+            .map_err(|e| {
+                registry_error(
+                    &format!("layer {} from {}", desc.digest, s.endpoint.host),
+                    e,
+                )
+            })?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
         let dest = dest.to_path_buf();
         let digest = desc.digest.clone();
         let worker = tokio::task::spawn_blocking(move || {
-            let mut reader = ChannelReader { rx, current: Bytes::new(), hasher: Sha256::new(), count: 0 };
+            let mut reader = ChannelReader {
+                rx,
+                current: Bytes::new(),
+                hasher: Sha256::new(),
+                count: 0,
+            };
             let unpacked = super::unpack::unpack_layer(&mut reader, &dest);
             // Whatever the tar left unread still counts toward the blob digest.
             let drained = std::io::copy(&mut reader, &mut std::io::sink());
@@ -632,18 +773,30 @@ impl ImageStore {
             }
         }
         drop(tx);
-        let (unpacked, _drained, received, count) =
-            worker.await.map_err(|e| ImageError::Registry(format!("unpack task: {e}")))?;
-        let unpacked = unpacked.map_err(|source| ImageError::Unpack { digest: digest.clone(), source })?;
+        let (unpacked, _drained, received, count) = worker
+            .await
+            .map_err(|e| ImageError::Registry(format!("unpack task: {e}")))?;
+        let unpacked = unpacked.map_err(|source| ImageError::Unpack {
+            digest: digest.clone(),
+            source,
+        })?;
         if let Some(e) = net_error {
-            return Err(ImageError::Verification { what: format!("layer {digest}"), reason: e.to_string() });
+            return Err(ImageError::Verification {
+                what: format!("layer {digest}"),
+                reason: e.to_string(),
+            });
         }
         Ok((received, count, unpacked))
     }
 }
 
 fn oci_desc(d: &Descriptor) -> OciDescriptor {
-    OciDescriptor { media_type: d.media_type.clone(), digest: d.digest.clone(), size: d.size as i64, ..Default::default() }
+    OciDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size as i64,
+        ..Default::default()
+    }
 }
 
 /// Reads the chunks a download task sends, hashing them on the way.
@@ -676,7 +829,11 @@ fn syncfs(path: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(path)?;
     use std::os::fd::AsRawFd;
     // SAFETY: the fd is open for the duration of the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn now_nanos() -> i64 {
@@ -695,7 +852,11 @@ mod tests {
             media_type: MEDIA_OCI_MANIFEST.into(),
             digest: digest.into(),
             size: 1,
-            platform: Some(Platform { architecture: arch.into(), os: os.into(), variant: variant.map(Into::into) }),
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: os.into(),
+                variant: variant.map(Into::into),
+            }),
         }
     }
 

@@ -9,12 +9,17 @@ use super::ImageError;
 pub fn parse(name: &str) -> Result<Reference, ImageError> {
     let name = name.trim();
     if name.is_empty() {
-        return Err(ImageError::InvalidReference { reference: name.into(), reason: "empty".into() });
+        return Err(ImageError::InvalidReference {
+            reference: name.into(),
+            reason: "empty".into(),
+        });
     }
-    let r = name.parse::<Reference>().map_err(|e| ImageError::InvalidReference {
-        reference: name.into(),
-        reason: e.to_string(),
-    })?;
+    let r = name
+        .parse::<Reference>()
+        .map_err(|e| ImageError::InvalidReference {
+            reference: name.into(),
+            reason: e.to_string(),
+        })?;
     if r.repository().bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(ImageError::InvalidReference {
             reference: name.into(),
@@ -41,7 +46,8 @@ pub fn repo_digest(r: &Reference, digest: &str) -> String {
 
 /// True when `s` looks like `sha256:<64 hex>`.
 pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -70,7 +76,10 @@ mod tests {
     #[test]
     fn garbage_is_an_invalid_reference() {
         for bad in ["", "UPPER/case", "a b", "x@sha256:zz"] {
-            assert!(matches!(parse(bad), Err(ImageError::InvalidReference { .. })), "{bad}");
+            assert!(
+                matches!(parse(bad), Err(ImageError::InvalidReference { .. })),
+                "{bad}"
+            );
         }
     }
 }

@@ -45,7 +45,12 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<Unpacked, UnpackErr
     let mut input = io::BufReader::with_capacity(256 * 1024, input);
     let magic = {
         use io::BufRead;
-        input.fill_buf().map_err(UnpackError::Read)?.get(..4).map(|m| m.to_vec()).unwrap_or_default()
+        input
+            .fill_buf()
+            .map_err(UnpackError::Read)?
+            .get(..4)
+            .map(|m| m.to_vec())
+            .unwrap_or_default()
     };
     let decompressed: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(input))
@@ -54,11 +59,18 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<Unpacked, UnpackErr
     } else {
         Box::new(input)
     };
-    let mut hashing = HashingReader { inner: decompressed, hasher: Sha256::new() };
+    let mut hashing = HashingReader {
+        inner: decompressed,
+        hasher: Sha256::new(),
+    };
     let (bytes, inodes) = unpack_tar(&mut hashing, dest)?;
     // The tar ends before its trailing padding; the diff ID covers every byte.
     io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Read)?;
-    Ok(Unpacked { diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())), bytes, inodes })
+    Ok(Unpacked {
+        diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
+        bytes,
+        inodes,
+    })
 }
 
 struct HashingReader<R> {
@@ -82,10 +94,16 @@ fn clean_relative(name: &Path, entry: &str) -> Result<PathBuf, UnpackError> {
             Component::Normal(p) => out.push(p),
             Component::CurDir => {}
             Component::ParentDir => {
-                return Err(UnpackError::Escape { entry: entry.into(), reason: "`..` in path" });
+                return Err(UnpackError::Escape {
+                    entry: entry.into(),
+                    reason: "`..` in path",
+                });
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(UnpackError::Escape { entry: entry.into(), reason: "absolute path" });
+                return Err(UnpackError::Escape {
+                    entry: entry.into(),
+                    reason: "absolute path",
+                });
             }
         }
     }
@@ -96,12 +114,17 @@ fn clean_relative(name: &Path, entry: &str) -> Result<PathBuf, UnpackError> {
 /// missing ones), so nothing is written through a symlink.
 fn ensure_parents(root: &Path, rel: &Path, entry: &str) -> Result<(), UnpackError> {
     let mut cur = root.to_path_buf();
-    let Some(parent) = rel.parent() else { return Ok(()) };
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
     for c in parent.components() {
         cur.push(c);
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(UnpackError::Escape { entry: entry.into(), reason: "path goes through a symlink" });
+                return Err(UnpackError::Escape {
+                    entry: entry.into(),
+                    reason: "path goes through a symlink",
+                });
             }
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
@@ -111,9 +134,17 @@ fn ensure_parents(root: &Path, rel: &Path, entry: &str) -> Result<(), UnpackErro
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&cur).map_err(|source| UnpackError::Entry { entry: entry.into(), source })?;
+                fs::create_dir(&cur).map_err(|source| UnpackError::Entry {
+                    entry: entry.into(),
+                    source,
+                })?;
             }
-            Err(source) => return Err(UnpackError::Entry { entry: entry.into(), source }),
+            Err(source) => {
+                return Err(UnpackError::Entry {
+                    entry: entry.into(),
+                    source,
+                });
+            }
         }
     }
     Ok(())
@@ -140,9 +171,19 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let n = CString::new(name).map_err(io::Error::other)?;
     // SAFETY: both strings are NUL-terminated and live across the call; value is a valid slice.
     let rc = unsafe {
-        libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn copy_data(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
@@ -172,9 +213,15 @@ fn unpack_tar(input: &mut impl Read, root: &Path) -> Result<(u64, u64), UnpackEr
         if rel.as_os_str().is_empty() {
             continue; // "./" itself
         }
-        let err = |source: io::Error| UnpackError::Entry { entry: name.clone(), source };
+        let err = |source: io::Error| UnpackError::Entry {
+            entry: name.clone(),
+            source,
+        };
         ensure_parents(root, &rel, &name)?;
-        let file_name = rel.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = rel
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let parent = root.join(rel.parent().unwrap_or(Path::new("")));
 
         if file_name == OPAQUE_MARKER {
@@ -183,11 +230,15 @@ fn unpack_tar(input: &mut impl Read, root: &Path) -> Result<(u64, u64), UnpackEr
         }
         if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
             if hidden.is_empty() || hidden == "." || hidden == ".." {
-                return Err(UnpackError::Escape { entry: name, reason: "bad whiteout name" });
+                return Err(UnpackError::Escape {
+                    entry: name,
+                    reason: "bad whiteout name",
+                });
             }
             let target = parent.join(hidden);
             clear(&target, false).map_err(err)?;
-            mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(|e| err(e.into()))?;
+            mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+                .map_err(|e| err(e.into()))?;
             inodes += 1;
             continue;
         }
@@ -215,18 +266,27 @@ fn unpack_tar(input: &mut impl Read, root: &Path) -> Result<(u64, u64), UnpackEr
                 let size = header.size().map_err(err)?;
                 let copied = copy_data(&mut entry, &mut f).map_err(err)?;
                 if copied != size {
-                    return Err(err(io::Error::new(io::ErrorKind::UnexpectedEof, "file data cut short")));
+                    return Err(err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file data cut short",
+                    )));
                 }
                 bytes += copied;
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| err(io::Error::other("symlink without target")))?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| err(io::Error::other("symlink without target")))?;
                 clear(&path, false).map_err(err)?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path).map_err(err)?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
+                    .map_err(err)?;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| err(io::Error::other("hardlink without target")))?;
-                let target_rel = clean_relative(Path::new(std::ffi::OsStr::from_bytes(&target)), &name)?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| err(io::Error::other("hardlink without target")))?;
+                let target_rel =
+                    clean_relative(Path::new(std::ffi::OsStr::from_bytes(&target)), &name)?;
                 ensure_parents(root, &target_rel, &name)?;
                 let target_path = root.join(&target_rel);
                 if target_path == path {
@@ -251,11 +311,15 @@ fn unpack_tar(input: &mut impl Read, root: &Path) -> Result<(u64, u64), UnpackEr
                     0
                 };
                 clear(&path, false).map_err(err)?;
-                mknod(&path, sflag, Mode::from_bits_truncate(0o600), rdev).map_err(|e| err(e.into()))?;
+                mknod(&path, sflag, Mode::from_bits_truncate(0o600), rdev)
+                    .map_err(|e| err(e.into()))?;
             }
             tar::EntryType::XGlobalHeader => continue,
             other => {
-                return Err(UnpackError::Unsupported { entry: name, kind: other.as_byte() as char });
+                return Err(UnpackError::Unsupported {
+                    entry: name,
+                    kind: other.as_byte() as char,
+                });
             }
         }
         inodes += 1;
@@ -295,7 +359,14 @@ fn unpack_tar(input: &mut impl Read, root: &Path) -> Result<(u64, u64), UnpackEr
 
 fn set_mtime(path: &Path, secs: i64) -> io::Result<()> {
     let t = TimeSpec::new(secs, 0);
-    utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 #[cfg(test)]
@@ -321,7 +392,13 @@ mod tests {
     }
 
     /// A header whose name is written raw, past the tar crate's own checks.
-    fn raw(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
+    fn raw(
+        b: &mut tar::Builder<Vec<u8>>,
+        name: &str,
+        kind: tar::EntryType,
+        link: &str,
+        data: &[u8],
+    ) {
         let mut h = tar::Header::new_old();
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
@@ -349,19 +426,39 @@ mod tests {
         let out = unpack_layer(&data[..], dir.path()).unwrap();
         let root = dir.path();
         let m = fs::metadata(root.join("etc/app.conf")).unwrap();
-        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()), (0o640, 1000, 1000, 1_000_000));
-        assert_eq!(fs::metadata(root.join("bin/suid")).unwrap().mode() & 0o7777, 0o4755);
-        assert_eq!(fs::metadata(root.join("bin/link")).unwrap().ino(), fs::metadata(root.join("bin/suid")).unwrap().ino());
-        assert_eq!(fs::read_link(root.join("bin/sym")).unwrap(), Path::new("/bin/suid"));
+        assert_eq!(
+            (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
+            (0o640, 1000, 1000, 1_000_000)
+        );
+        assert_eq!(
+            fs::metadata(root.join("bin/suid")).unwrap().mode() & 0o7777,
+            0o4755
+        );
+        assert_eq!(
+            fs::metadata(root.join("bin/link")).unwrap().ino(),
+            fs::metadata(root.join("bin/suid")).unwrap().ino()
+        );
+        assert_eq!(
+            fs::read_link(root.join("bin/sym")).unwrap(),
+            Path::new("/bin/suid")
+        );
         let w = fs::symlink_metadata(root.join("gone")).unwrap();
         assert!(w.file_type().is_char_device() && w.rdev() == 0);
         let mut v = [0u8; 4];
         let p = CString::new(root.join("opq").as_os_str().as_bytes()).unwrap();
         let n = unsafe {
-            libc::lgetxattr(p.as_ptr(), c"trusted.overlay.opaque".as_ptr(), v.as_mut_ptr().cast(), 4)
+            libc::lgetxattr(
+                p.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                v.as_mut_ptr().cast(),
+                4,
+            )
         };
         assert_eq!(&v[..n as usize], b"y");
-        assert_eq!(out.diff_id, format!("sha256:{}", hex::encode(Sha256::digest(&data))));
+        assert_eq!(
+            out.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&data)))
+        );
     }
 
     #[test]
@@ -375,7 +472,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let out = unpack_layer(&blob[..], dir.path()).unwrap();
             assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"hello");
-            assert_eq!(out.diff_id, format!("sha256:{}", hex::encode(Sha256::digest(&data))));
+            assert_eq!(
+                out.diff_id,
+                format!("sha256:{}", hex::encode(Sha256::digest(&data)))
+            );
         }
     }
 
@@ -386,19 +486,28 @@ mod tests {
         let err = unpack_layer(&data[..], &dest).unwrap_err();
         assert!(matches!(err, UnpackError::Escape { .. }), "{err}");
         // Nothing landed beside the layer directory.
-        let names: Vec<_> = fs::read_dir(outer.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(outer.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("layer")]);
     }
 
     #[test]
     fn dotdot_entries_are_rejected() {
-        assert_escape(tar_with(|b| raw(b, "../escaped", tar::EntryType::Regular, "", b"x")));
-        assert_escape(tar_with(|b| raw(b, "a/../../escaped", tar::EntryType::Regular, "", b"x")));
+        assert_escape(tar_with(|b| {
+            raw(b, "../escaped", tar::EntryType::Regular, "", b"x")
+        }));
+        assert_escape(tar_with(|b| {
+            raw(b, "a/../../escaped", tar::EntryType::Regular, "", b"x")
+        }));
     }
 
     #[test]
     fn absolute_entries_are_rejected() {
-        assert_escape(tar_with(|b| raw(b, "/tmp/escaped", tar::EntryType::Regular, "", b"x")));
+        assert_escape(tar_with(|b| {
+            raw(b, "/tmp/escaped", tar::EntryType::Regular, "", b"x")
+        }));
     }
 
     #[test]
@@ -417,8 +526,12 @@ mod tests {
 
     #[test]
     fn hardlinks_to_outside_are_rejected() {
-        assert_escape(tar_with(|b| raw(b, "pw", tar::EntryType::Link, "../../etc/passwd", b"")));
-        assert_escape(tar_with(|b| raw(b, "pw", tar::EntryType::Link, "/etc/passwd", b"")));
+        assert_escape(tar_with(|b| {
+            raw(b, "pw", tar::EntryType::Link, "../../etc/passwd", b"")
+        }));
+        assert_escape(tar_with(|b| {
+            raw(b, "pw", tar::EntryType::Link, "/etc/passwd", b"")
+        }));
     }
 
     #[test]

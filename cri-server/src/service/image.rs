@@ -23,7 +23,9 @@ pub struct ImageServiceImpl {
 fn image_name(spec: Option<&ImageSpec>) -> Result<&str, Status> {
     match spec.map(|s| s.image.trim()) {
         Some(name) if !name.is_empty() => Ok(name),
-        _ => Err(Status::invalid_argument("image spec with a non-empty image name is required")),
+        _ => Err(Status::invalid_argument(
+            "image spec with a non-empty image name is required",
+        )),
     }
 }
 
@@ -36,7 +38,10 @@ fn to_cri(r: &ImageRecord) -> Image {
         size: r.size,
         uid: uid.map(|value| Int64Value { value }),
         username,
-        spec: Some(ImageSpec { image: r.id.clone(), ..Default::default() }),
+        spec: Some(ImageSpec {
+            image: r.id.clone(),
+            ..Default::default()
+        }),
         pinned: false,
     }
 }
@@ -44,11 +49,19 @@ fn to_cri(r: &ImageRecord) -> Image {
 #[tonic::async_trait]
 impl ImageService for ImageServiceImpl {
     #[instrument(skip_all, fields(image))]
-    async fn pull_image(&self, req: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+    async fn pull_image(
+        &self,
+        req: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref())?;
         tracing::Span::current().record("image", name);
-        let cred = req.auth.as_ref().map(auth::from_cri).transpose().map_err(image_status)?;
+        let cred = req
+            .auth
+            .as_ref()
+            .map(auth::from_cri)
+            .transpose()
+            .map_err(image_status)?;
         // The pull runs in its own task: a client that gives up does not cut it off halfway
         // (a retry finds the layers done).
         let images = self.images.clone();
@@ -60,8 +73,16 @@ impl ImageService for ImageServiceImpl {
         Ok(Response::new(PullImageResponse { image_ref: id }))
     }
 
-    async fn list_images(&self, req: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
-        let filter = req.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
+    async fn list_images(
+        &self,
+        req: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let filter = req
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
         let images = match filter {
             Some(name) => self.images.find(&name).iter().map(to_cri).collect(),
             None => self.images.list().iter().map(to_cri).collect(),
@@ -69,7 +90,10 @@ impl ImageService for ImageServiceImpl {
         Ok(Response::new(ListImagesResponse { images }))
     }
 
-    async fn image_status(&self, req: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+    async fn image_status(
+        &self,
+        req: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref())?;
         let Some(rec) = self.images.find(name) else {
@@ -93,28 +117,42 @@ impl ImageService for ImageServiceImpl {
             });
             info.insert("info".to_string(), v.to_string());
         }
-        Ok(Response::new(ImageStatusResponse { image: Some(to_cri(&rec)), info }))
+        Ok(Response::new(ImageStatusResponse {
+            image: Some(to_cri(&rec)),
+            info,
+        }))
     }
 
     #[instrument(skip_all)]
-    async fn remove_image(&self, req: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+    async fn remove_image(
+        &self,
+        req: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref())?;
         self.images.remove(name).await.map_err(image_status)?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 
-    async fn image_fs_info(&self, _req: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+    async fn image_fs_info(
+        &self,
+        _req: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
         let (bytes, inodes) = self.images.usage();
         let usage = FilesystemUsage {
             timestamp: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i64)
                 .unwrap_or(0),
-            fs_id: Some(FilesystemIdentifier { mountpoint: self.images.root().display().to_string() }),
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: self.images.root().display().to_string(),
+            }),
             used_bytes: Some(UInt64Value { value: bytes }),
             inodes_used: Some(UInt64Value { value: inodes }),
         };
-        Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: vec![] }))
+        Ok(Response::new(ImageFsInfoResponse {
+            image_filesystems: vec![usage],
+            container_filesystems: vec![],
+        }))
     }
 }

@@ -11,7 +11,9 @@ use crate::image::ImageError;
 /// gRPC status for an image-domain error.
 pub fn image_status(e: ImageError) -> Status {
     let code = match &e {
-        ImageError::InvalidReference { .. } | ImageError::BadCredentials(_) => Code::InvalidArgument,
+        ImageError::InvalidReference { .. } | ImageError::BadCredentials(_) => {
+            Code::InvalidArgument
+        }
         ImageError::NotFound(_) => Code::NotFound,
         ImageError::Unauthorized(_) => Code::Unauthenticated,
         ImageError::Unsupported(_) => Code::FailedPrecondition,

@@ -16,17 +16,24 @@ pub struct RuntimeServiceImpl {
 
 /// The answer for an RPC whose capability has not landed yet.
 fn not_yet(rpc: &str, issue: &str) -> Status {
-    Status::new(Code::Unimplemented, format!("{rpc} is not implemented yet in cri-server ({issue})"))
+    Status::new(
+        Code::Unimplemented,
+        format!("{rpc} is not implemented yet in cri-server ({issue})"),
+    )
 }
 
 const PODS: &str = "pods and containers: issue #3";
 const STREAMING: &str = "streaming, stats and events: issue #5";
 
-type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RuntimeService for RuntimeServiceImpl {
-    async fn version(&self, _req: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _req: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
         Ok(Response::new(VersionResponse {
             version: "0.1.0".into(),
             runtime_name: RUNTIME_NAME.into(),
@@ -35,74 +42,135 @@ impl RuntimeService for RuntimeServiceImpl {
         }))
     }
 
-    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let conditions = vec![
-            RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() },
+            RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
             RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: false,
                 reason: "NetworkPluginNotReady".into(),
-                message: "pod networking (CNI) is not available in this build yet (issue #3)".into(),
+                message: "pod networking (CNI) is not available in this build yet (issue #3)"
+                    .into(),
             },
         ];
         let mut info = HashMap::new();
         if req.into_inner().verbose {
-            info.insert("config".into(), serde_json::json!({ "runtimeName": RUNTIME_NAME }).to_string());
+            info.insert(
+                "config".into(),
+                serde_json::json!({ "runtimeName": RUNTIME_NAME }).to_string(),
+            );
         }
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
             info,
             runtime_handlers: vec![],
-            features: Some(RuntimeFeatures { supplemental_groups_policy: false }),
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
         }))
     }
 
-    async fn runtime_config(&self, _req: Request<RuntimeConfigRequest>) -> Result<Response<RuntimeConfigResponse>, Status> {
+    async fn runtime_config(
+        &self,
+        _req: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
         Ok(Response::new(RuntimeConfigResponse {
-            linux: Some(LinuxRuntimeConfiguration { cgroup_driver: self.cgroup_driver as i32 }),
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: self.cgroup_driver as i32,
+            }),
         }))
     }
 
-    async fn run_pod_sandbox(&self, _: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
+    async fn run_pod_sandbox(
+        &self,
+        _: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
         Err(not_yet("RunPodSandbox", PODS))
     }
-    async fn stop_pod_sandbox(&self, _: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+    async fn stop_pod_sandbox(
+        &self,
+        _: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
         Err(not_yet("StopPodSandbox", PODS))
     }
-    async fn remove_pod_sandbox(&self, _: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+    async fn remove_pod_sandbox(
+        &self,
+        _: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         Err(not_yet("RemovePodSandbox", PODS))
     }
-    async fn pod_sandbox_status(&self, _: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+    async fn pod_sandbox_status(
+        &self,
+        _: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         Err(not_yet("PodSandboxStatus", PODS))
     }
-    async fn list_pod_sandbox(&self, _: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
+    async fn list_pod_sandbox(
+        &self,
+        _: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
         Err(not_yet("ListPodSandbox", PODS))
     }
-    async fn create_container(&self, _: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+    async fn create_container(
+        &self,
+        _: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
         Err(not_yet("CreateContainer", PODS))
     }
-    async fn start_container(&self, _: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        _: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
         Err(not_yet("StartContainer", PODS))
     }
-    async fn stop_container(&self, _: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+    async fn stop_container(
+        &self,
+        _: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
         Err(not_yet("StopContainer", PODS))
     }
-    async fn remove_container(&self, _: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+    async fn remove_container(
+        &self,
+        _: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
         Err(not_yet("RemoveContainer", PODS))
     }
-    async fn list_containers(&self, _: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+    async fn list_containers(
+        &self,
+        _: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
         Err(not_yet("ListContainers", PODS))
     }
-    async fn container_status(&self, _: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+    async fn container_status(
+        &self,
+        _: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
         Err(not_yet("ContainerStatus", PODS))
     }
-    async fn update_container_resources(&self, _: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+    async fn update_container_resources(
+        &self,
+        _: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         Err(not_yet("UpdateContainerResources", STREAMING))
     }
-    async fn reopen_container_log(&self, _: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+    async fn reopen_container_log(
+        &self,
+        _: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         Err(not_yet("ReopenContainerLog", PODS))
     }
-    async fn exec_sync(&self, _: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+    async fn exec_sync(
+        &self,
+        _: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
         Err(not_yet("ExecSync", PODS))
     }
     async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
@@ -111,37 +179,70 @@ impl RuntimeService for RuntimeServiceImpl {
     async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
         Err(not_yet("Attach", STREAMING))
     }
-    async fn port_forward(&self, _: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
+    async fn port_forward(
+        &self,
+        _: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
         Err(not_yet("PortForward", STREAMING))
     }
-    async fn container_stats(&self, _: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+    async fn container_stats(
+        &self,
+        _: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
         Err(not_yet("ContainerStats", STREAMING))
     }
-    async fn list_container_stats(&self, _: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+    async fn list_container_stats(
+        &self,
+        _: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
         Err(not_yet("ListContainerStats", STREAMING))
     }
-    async fn pod_sandbox_stats(&self, _: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+    async fn pod_sandbox_stats(
+        &self,
+        _: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         Err(not_yet("PodSandboxStats", STREAMING))
     }
-    async fn list_pod_sandbox_stats(&self, _: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        _: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         Err(not_yet("ListPodSandboxStats", STREAMING))
     }
-    async fn update_runtime_config(&self, _: Request<UpdateRuntimeConfigRequest>) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+    async fn update_runtime_config(
+        &self,
+        _: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
         Err(not_yet("UpdateRuntimeConfig", STREAMING))
     }
-    async fn checkpoint_container(&self, _: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
-        Err(not_yet("CheckpointContainer", "no issue: checkpointing is not planned"))
+    async fn checkpoint_container(
+        &self,
+        _: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        Err(not_yet(
+            "CheckpointContainer",
+            "no issue: checkpointing is not planned",
+        ))
     }
 
     type GetContainerEventsStream = EventStream;
 
-    async fn get_container_events(&self, _: Request<GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+    async fn get_container_events(
+        &self,
+        _: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(not_yet("GetContainerEvents", STREAMING))
     }
-    async fn list_metric_descriptors(&self, _: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         Err(not_yet("ListMetricDescriptors", STREAMING))
     }
-    async fn list_pod_sandbox_metrics(&self, _: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         Err(not_yet("ListPodSandboxMetrics", STREAMING))
     }
 }
