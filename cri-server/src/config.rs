@@ -46,6 +46,24 @@ config_path = "/etc/cri-server/certs.d"
 # Registries (host or host:port) that may be reached over plain HTTP when no hosts.toml says
 # otherwise. Everything else is HTTPS only.
 insecure_registries = []
+
+[cni]
+# Where the network configuration (.conflist, .conf, .json; the first by name wins) is read.
+conf_dir = "/etc/cni/net.d"
+# Where plugin binaries are looked up, in order.
+bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+
+[runtime]
+# The OCI runtime handler used when a pod names none.
+default_handler = "runc"
+
+# One table per runtime handler (the pod's runtime_handler / RuntimeClass handler).
+# path: the OCI runtime binary (a bare name is looked up in PATH).
+[runtime.handlers.runc]
+path = "runc"
+
+[runtime.handlers.crun]
+path = "crun"
 "#;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +75,50 @@ pub struct Config {
     pub log: LogConfig,
     pub image: ImageConfig,
     pub registry: RegistryConfig,
+    pub cni: CniConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub default_handler: String,
+    pub handlers: std::collections::BTreeMap<String, RuntimeHandler>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandler {
+    pub path: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            default_handler: "runc".into(),
+            handlers: [
+                ("runc".to_string(), RuntimeHandler { path: "runc".into() }),
+                ("crun".to_string(), RuntimeHandler { path: "crun".into() }),
+            ]
+            .into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +158,8 @@ impl Default for Config {
             log: LogConfig::default(),
             image: ImageConfig::default(),
             registry: RegistryConfig::default(),
+            cni: CniConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -207,6 +271,12 @@ impl Config {
                     &format!("{host:?} is not a host or host:port"),
                 ));
             }
+        }
+        if !self.runtime.handlers.contains_key(&self.runtime.default_handler) {
+            return Err(invalid(
+                "runtime.default_handler",
+                &format!("no [runtime.handlers.{}] table", self.runtime.default_handler),
+            ));
         }
         Ok(())
     }
