@@ -113,8 +113,18 @@ impl Default for RuntimeConfig {
         Self {
             default_handler: "runc".into(),
             handlers: [
-                ("runc".to_string(), RuntimeHandler { path: "runc".into() }),
-                ("crun".to_string(), RuntimeHandler { path: "crun".into() }),
+                (
+                    "runc".to_string(),
+                    RuntimeHandler {
+                        path: "runc".into(),
+                    },
+                ),
+                (
+                    "crun".to_string(),
+                    RuntimeHandler {
+                        path: "crun".into(),
+                    },
+                ),
             ]
             .into(),
         }
@@ -272,10 +282,17 @@ impl Config {
                 ));
             }
         }
-        if !self.runtime.handlers.contains_key(&self.runtime.default_handler) {
+        if !self
+            .runtime
+            .handlers
+            .contains_key(&self.runtime.default_handler)
+        {
             return Err(invalid(
                 "runtime.default_handler",
-                &format!("no [runtime.handlers.{}] table", self.runtime.default_handler),
+                &format!(
+                    "no [runtime.handlers.{}] table",
+                    self.runtime.default_handler
+                ),
             ));
         }
         Ok(())

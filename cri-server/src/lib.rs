@@ -4,7 +4,12 @@
 //! daemon's configuration and its on-disk state helpers; `server` wires them to a unix socket.
 
 pub mod config;
+pub mod container;
 pub mod image;
+pub mod network;
+pub mod oci;
+pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod store;

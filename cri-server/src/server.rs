@@ -42,11 +42,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("open image store")?;
 
+    let runtime = crate::runtime::Runtime::open(&config, images.clone())
+        .await
+        .context("open pod and container state")?;
+
     let listener = bind(&config.listen)?;
     info!(socket = %config.listen.display(), root = %config.root.display(), "cri-server listening");
 
     let runtime = RuntimeServiceImpl {
         cgroup_driver: CgroupDriver::Cgroupfs,
+        runtime,
     };
     let image = ImageServiceImpl { images };
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;

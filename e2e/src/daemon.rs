@@ -138,6 +138,15 @@ impl Drop for CriServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // What the daemon leaves mounted by design (its namespace pin dir) or by a failed
+        // test: unmount it all, deepest first, before the temp dir goes.
+        for m in crate::containerd::mounts_under(self.dir.path())
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+        {
+            let _ = nix::mount::umount2(m.as_path(), nix::mount::MntFlags::MNT_DETACH);
+        }
         if std::thread::panicking() {
             eprintln!("---- cri-server log ----\n{}", self.log());
         }

@@ -371,7 +371,10 @@ pub fn busybox_base_entries() -> Result<Vec<Entry>> {
         },
         Entry::file("bin/busybox", 0o755, busybox),
     ];
-    for tool in ["sh", "ls", "cat", "echo", "sleep", "true", "id", "env"] {
+    for tool in [
+        "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "ps", "wget", "httpd",
+        "hostname", "tail", "mkdir", "nc", "ping", "touch", "head",
+    ] {
         entries.push(Entry::symlink(&format!("bin/{tool}"), "busybox"));
     }
     entries.push(Entry::file(

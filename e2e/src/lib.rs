@@ -4,4 +4,5 @@ pub mod containerd;
 pub mod cri;
 pub mod daemon;
 pub mod images;
+pub mod netns;
 pub mod registry;

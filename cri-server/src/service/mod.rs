@@ -1,12 +1,15 @@
 //! The gRPC wire layer: RuntimeService and ImageService. Each RPC validates its request,
 //! calls the domain, and maps domain errors to gRPC codes. No syscalls here.
 
+pub mod container;
 pub mod image;
 pub mod runtime;
+pub mod sandbox;
 
 use tonic::{Code, Status};
 
 use crate::image::ImageError;
+use crate::runtime::RuntimeError;
 
 /// gRPC status for an image-domain error.
 pub fn image_status(e: ImageError) -> Status {
@@ -21,6 +24,19 @@ pub fn image_status(e: ImageError) -> Status {
         ImageError::RegistryConfig { .. } => Code::FailedPrecondition,
         ImageError::Registry(_) => Code::Unavailable,
         ImageError::Io { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// gRPC status for a pod/container-domain error.
+pub fn runtime_status(e: RuntimeError) -> Status {
+    let code = match &e {
+        RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
+        RuntimeError::NotFound(_) => Code::NotFound,
+        RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
+        RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
+        RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        RuntimeError::Internal { .. } => Code::Internal,
     };
     Status::new(code, e.to_string())
 }

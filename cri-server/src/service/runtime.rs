@@ -1,7 +1,9 @@
-//! RuntimeService: Version, Status and RuntimeConfig answer now; pod and container RPCs land
-//! with their issues and until then answer `Unimplemented` naming the issue.
+//! RuntimeService: the trait implementation, delegating pod RPCs to `sandbox.rs` and container
+//! RPCs to `container.rs`. Streaming, stats and events land with issue #5 and until then
+//! answer `Unimplemented` naming the issue.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
@@ -10,8 +12,12 @@ use tonic::{Code, Request, Response, Status};
 pub const RUNTIME_NAME: &str = "cri-server";
 pub const RUNTIME_API_VERSION: &str = "v1";
 
+use super::{container, sandbox};
+use crate::runtime::Runtime;
+
 pub struct RuntimeServiceImpl {
     pub cgroup_driver: CgroupDriver,
+    pub runtime: Arc<Runtime>,
 }
 
 /// The answer for an RPC whose capability has not landed yet.
@@ -22,7 +28,6 @@ fn not_yet(rpc: &str, issue: &str) -> Status {
     )
 }
 
-const PODS: &str = "pods and containers: issue #3";
 const STREAMING: &str = "streaming, stats and events: issue #5";
 
 type EventStream =
@@ -53,12 +58,19 @@ impl RuntimeService for RuntimeServiceImpl {
                 reason: String::new(),
                 message: String::new(),
             },
-            RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: "pod networking (CNI) is not available in this build yet (issue #3)"
-                    .into(),
+            match self.runtime.cni.ready() {
+                Ok(_) => RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
+                Err(reason) => RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: false,
+                    reason: "NetworkPluginNotReady".into(),
+                    message: format!("cni: {reason}"),
+                },
             },
         ];
         let mut info = HashMap::new();
@@ -91,69 +103,95 @@ impl RuntimeService for RuntimeServiceImpl {
 
     async fn run_pod_sandbox(
         &self,
-        _: Request<RunPodSandboxRequest>,
+        req: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        Err(not_yet("RunPodSandbox", PODS))
+        Ok(Response::new(
+            sandbox::run(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn stop_pod_sandbox(
         &self,
-        _: Request<StopPodSandboxRequest>,
+        req: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        Err(not_yet("StopPodSandbox", PODS))
+        Ok(Response::new(
+            sandbox::stop(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn remove_pod_sandbox(
         &self,
-        _: Request<RemovePodSandboxRequest>,
+        req: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        Err(not_yet("RemovePodSandbox", PODS))
+        Ok(Response::new(
+            sandbox::remove(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn pod_sandbox_status(
         &self,
-        _: Request<PodSandboxStatusRequest>,
+        req: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        Err(not_yet("PodSandboxStatus", PODS))
+        Ok(Response::new(sandbox::status(
+            &self.runtime,
+            req.into_inner(),
+        )?))
     }
     async fn list_pod_sandbox(
         &self,
-        _: Request<ListPodSandboxRequest>,
+        req: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        Err(not_yet("ListPodSandbox", PODS))
+        Ok(Response::new(sandbox::list(
+            &self.runtime,
+            req.into_inner(),
+        )))
     }
     async fn create_container(
         &self,
-        _: Request<CreateContainerRequest>,
+        req: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        Err(not_yet("CreateContainer", PODS))
+        Ok(Response::new(
+            container::create(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn start_container(
         &self,
-        _: Request<StartContainerRequest>,
+        req: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        Err(not_yet("StartContainer", PODS))
+        Ok(Response::new(
+            container::start(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn stop_container(
         &self,
-        _: Request<StopContainerRequest>,
+        req: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        Err(not_yet("StopContainer", PODS))
+        Ok(Response::new(
+            container::stop(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn remove_container(
         &self,
-        _: Request<RemoveContainerRequest>,
+        req: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        Err(not_yet("RemoveContainer", PODS))
+        Ok(Response::new(
+            container::remove(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn list_containers(
         &self,
-        _: Request<ListContainersRequest>,
+        req: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        Err(not_yet("ListContainers", PODS))
+        Ok(Response::new(container::list(
+            &self.runtime,
+            req.into_inner(),
+        )))
     }
     async fn container_status(
         &self,
-        _: Request<ContainerStatusRequest>,
+        req: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        Err(not_yet("ContainerStatus", PODS))
+        Ok(Response::new(container::status(
+            &self.runtime,
+            req.into_inner(),
+        )?))
     }
     async fn update_container_resources(
         &self,
@@ -163,15 +201,19 @@ impl RuntimeService for RuntimeServiceImpl {
     }
     async fn reopen_container_log(
         &self,
-        _: Request<ReopenContainerLogRequest>,
+        req: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(not_yet("ReopenContainerLog", PODS))
+        Ok(Response::new(
+            container::reopen_log(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn exec_sync(
         &self,
-        _: Request<ExecSyncRequest>,
+        req: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        Err(not_yet("ExecSync", PODS))
+        Ok(Response::new(
+            container::exec_sync(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         Err(not_yet("Exec", STREAMING))

@@ -1,0 +1,239 @@
+//! CreateContainer: lease the image, mount the overlay rootfs, build the OCI spec, and have the
+//! pod monitor run the OCI runtime's `create`.
+
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
+use nix::mount::{MsFlags, mount};
+use tracing::{info, instrument, warn};
+
+use super::record::{ContainerPhase, ContainerRecord};
+use super::spec::{self, EtcFiles, SandboxNamespaces, SpecInput};
+use crate::runtime::{Phase, Runtime, RuntimeError, new_id, now_nanos};
+use crate::sandbox::{SandboxRecord, monitor};
+
+/// Where the kubelet keeps seccomp profiles (Localhost profiles are relative to it).
+const SECCOMP_ROOT: &str = "/var/lib/kubelet/seccomp";
+
+impl Runtime {
+    #[instrument(skip_all, fields(pod = %sandbox_id, container))]
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+        sandbox_config: Option<PodSandboxConfig>,
+    ) -> Result<String, RuntimeError> {
+        let sb = self
+            .sandbox(sandbox_id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {sandbox_id}")))?;
+        let lock = self.pod_lock(&sb.id);
+        let _g = lock.lock().await;
+        let sb = self
+            .sandbox(&sb.id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {sandbox_id}")))?;
+        if sb.phase != Phase::Ready {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        let meta = config.metadata.clone().ok_or_else(|| {
+            RuntimeError::InvalidArgument("container config has no metadata".into())
+        })?;
+        if meta.name.is_empty() {
+            return Err(RuntimeError::InvalidArgument(
+                "container metadata has no name".into(),
+            ));
+        }
+        tracing::Span::current().record("container", meta.name.as_str());
+        let taken = self.containers_of(&sb.id).iter().any(|c| {
+            c.config
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name == meta.name && m.attempt == meta.attempt)
+        });
+        if taken {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "container {:?} attempt {} already exists in pod {}",
+                meta.name, meta.attempt, sb.id
+            )));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let image = self
+            .images
+            .find(&image_name)
+            .ok_or_else(|| RuntimeError::NotFound(format!("image {image_name:?}")))?;
+        let id = new_id();
+        let log_path = match (sb.config.log_directory.as_str(), config.log_path.as_str()) {
+            ("", _) | (_, "") => None,
+            (dir, rel) => Some(Path::new(dir).join(rel)),
+        };
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sb.id.clone(),
+            runtime_handler: sb.runtime_handler.clone(),
+            image_id: image.id.clone(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
+            stop_signal: image.config.stop_signal.clone(),
+            phase: ContainerPhase::Creating,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            bundle: self.paths.bundle(&id),
+            data_dir: self.paths.container_data(&id),
+            log_path,
+            config,
+        };
+        self.save_container(&rec)?;
+        let sandbox_config = sandbox_config.unwrap_or_else(|| sb.config.clone());
+        if let Err(e) = self
+            .setup_container(&sb, &sandbox_config, &mut rec, &image)
+            .await
+        {
+            warn!(container = %id, error = %e, "CreateContainer failed: cleaning up");
+            self.destroy_container(&rec).await;
+            return Err(e);
+        }
+        rec.phase = ContainerPhase::Created;
+        self.save_container(&rec)?;
+        info!(container = %id, name = %meta.name, image = %image_name, "container created");
+        Ok(id)
+    }
+
+    async fn setup_container(
+        &self,
+        sb: &SandboxRecord,
+        sandbox_config: &PodSandboxConfig,
+        rec: &mut ContainerRecord,
+        image: &crate::image::ImageRecord,
+    ) -> Result<(), RuntimeError> {
+        let internal =
+            |what: &'static str| move |e: std::io::Error| RuntimeError::internal(what, e);
+        self.images
+            .lease(&rec.id, &image.id)
+            .await
+            .map_err(|e| RuntimeError::internal("hold image layers", e))?;
+        if image.layers.is_empty() {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "image {} has no layers",
+                image.id
+            )));
+        }
+        let upper = rec.data_dir.join("upper");
+        let work = rec.data_dir.join("work");
+        let rootfs = rec.rootfs();
+        for d in [&upper, &work, &rootfs] {
+            std::fs::create_dir_all(d).map_err(internal("create container dirs"))?;
+        }
+        let lower: Vec<String> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.images.layer_path(&l.chain_id).display().to_string())
+            .collect();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        );
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| RuntimeError::internal("mount container rootfs (overlay)", e))?;
+        if let Some(log) = &rec.log_path
+            && let Some(dir) = log.parent()
+        {
+            std::fs::create_dir_all(dir).map_err(internal("create log dir"))?;
+        }
+
+        let cgroups_path = format!("{}/{}", sb.cgroup_parent.trim_end_matches('/'), rec.id);
+        let input = SpecInput {
+            container_id: &rec.id,
+            sandbox_id: &sb.id,
+            config: &rec.config,
+            sandbox: sandbox_config,
+            image: &image.config,
+            rootfs: &rootfs,
+            namespaces: SandboxNamespaces {
+                net: sb.pins.net.clone(),
+                ipc: sb.pins.ipc.clone(),
+                uts: sb.pins.uts.clone(),
+                pid: None,
+                host_network: sb.host_network,
+                host_ipc: sb.host_ipc,
+                host_pid: sb.host_pid,
+            },
+            etc_files: EtcFiles {
+                hosts: Some(sb.dir.join("hosts")),
+                hostname: Some(sb.dir.join("hostname")),
+                resolv_conf: Some(sb.dir.join("resolv.conf")),
+                shm: if sb.host_ipc {
+                    Some(PathBuf::from("/dev/shm"))
+                } else {
+                    Some(sb.dir.join("shm"))
+                },
+            },
+            cgroups_path: cgroups_path.clone(),
+            can_lower_oom_score: self.can_lower_oom_score,
+            seccomp_profile_root: Path::new(SECCOMP_ROOT),
+        };
+        let spec = spec::build(&input).map_err(|e| match e {
+            spec::SpecError::InvalidArgument(m) => RuntimeError::InvalidArgument(m),
+            other => RuntimeError::InvalidArgument(other.to_string()),
+        })?;
+        let config_json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| RuntimeError::internal("encode OCI spec", e))?;
+        crate::store::write_atomic(&rec.bundle.join("config.json"), &config_json)
+            .map_err(internal("write OCI bundle"))?;
+
+        let oci = self.oci(&rec.runtime_handler)?;
+        let memory_dir = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|d| {
+                d.join("memory.limit_in_bytes").exists() || d.join("cgroup.controllers").exists()
+            })
+            .map(|d| d.join(cgroups_path.trim_start_matches('/')));
+        rec.pid = monitor::create(
+            &sb.dir,
+            cri_monitor::protocol::CreateRequest {
+                id: rec.id.clone(),
+                runtime: oci.binary.clone(),
+                bundle: rec.bundle.clone(),
+                log_path: rec
+                    .log_path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/dev/null")),
+                tty: rec.config.tty,
+                stdin: rec.config.stdin,
+                stdin_once: rec.config.stdin_once,
+                cgroup_memory_dir: memory_dir,
+            },
+        )
+        .await
+        .map_err(|e| {
+            RuntimeError::internal(
+                format!("create container {} ({})", rec.id, oci.binary.display()),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+}

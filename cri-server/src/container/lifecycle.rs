@@ -1,0 +1,185 @@
+//! StartContainer, StopContainer, RemoveContainer, ReopenContainerLog.
+
+use std::time::Duration;
+
+use nix::mount::{MntFlags, umount2};
+use tracing::{info, instrument, warn};
+
+use super::record::{ContainerPhase, ContainerRecord};
+use crate::runtime::{Runtime, RuntimeError, now_nanos};
+use crate::sandbox::monitor;
+
+/// After SIGKILL, how long to wait for the monitor to record the exit.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+impl Runtime {
+    /// The container's record with any exit the monitor recorded folded in (and saved).
+    pub fn refreshed(&self, id: &str) -> Option<ContainerRecord> {
+        let mut rec = self.container(id)?;
+        let monitor_alive = self
+            .sandbox(&rec.sandbox_id)
+            .is_some_and(|sb| monitor::alive(&sb.dir));
+        if rec.refresh(monitor_alive) {
+            let _ = self.save_container(&rec);
+        }
+        Some(rec)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let rec = self
+            .container(id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))?;
+        let lock = self.pod_lock(&rec.sandbox_id);
+        let _g = lock.lock().await;
+        let mut rec = self
+            .refreshed(&rec.id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))?;
+        if rec.phase != ContainerPhase::Created {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is {:?}, not created",
+                rec.id, rec.phase
+            )));
+        }
+        let oci = self.oci(&rec.runtime_handler)?;
+        // Taken before the start: a container can exit before `start` returns.
+        let started_at = now_nanos();
+        if let Err(e) = oci.start(&rec.id).await {
+            rec.phase = ContainerPhase::Exited;
+            rec.exit_code = 128;
+            rec.finished_at = now_nanos();
+            rec.reason = "StartError".into();
+            rec.message = e.to_string();
+            self.save_container(&rec)?;
+            return Err(RuntimeError::internal(
+                format!("start container {}", rec.id),
+                e,
+            ));
+        }
+        rec.phase = ContainerPhase::Running;
+        rec.started_at = started_at;
+        self.save_container(&rec)?;
+        info!(container = %rec.id, "container started");
+        Ok(())
+    }
+
+    #[instrument(skip(self))]
+    pub async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<(), RuntimeError> {
+        let Some(rec) = self.container(id) else {
+            return Ok(());
+        };
+        let lock = self.pod_lock(&rec.sandbox_id);
+        let _g = lock.lock().await;
+        self.stop_container_locked(&rec.id, timeout_secs).await
+    }
+
+    /// Sends the stop signal, waits `timeout_secs`, then SIGKILL. Idempotent.
+    pub(crate) async fn stop_container_locked(
+        &self,
+        id: &str,
+        timeout_secs: i64,
+    ) -> Result<(), RuntimeError> {
+        let Some(rec) = self.refreshed(id) else {
+            return Ok(());
+        };
+        if !matches!(rec.phase, ContainerPhase::Running | ContainerPhase::Created) {
+            return Ok(());
+        }
+        let oci = self.oci(&rec.runtime_handler)?;
+        if timeout_secs > 0 {
+            let signal = if rec.stop_signal.is_empty() {
+                "SIGTERM".to_string()
+            } else {
+                rec.stop_signal.clone()
+            };
+            let signal = signal.trim_start_matches("SIG").to_string();
+            if let Err(e) = oci.kill(&rec.id, &signal, false).await {
+                warn!(container = %rec.id, error = %e, "stop signal not delivered");
+            }
+            if self
+                .wait_exit(&rec.id, Duration::from_secs(timeout_secs as u64))
+                .await
+            {
+                return Ok(());
+            }
+        }
+        if let Err(e) = oci.kill(&rec.id, "KILL", false).await {
+            warn!(container = %rec.id, error = %e, "SIGKILL not delivered");
+        }
+        if !self.wait_exit(&rec.id, KILL_GRACE).await {
+            return Err(RuntimeError::DeadlineExceeded(format!(
+                "container {} did not exit after SIGKILL",
+                rec.id
+            )));
+        }
+        info!(container = %rec.id, "container stopped");
+        Ok(())
+    }
+
+    async fn wait_exit(&self, id: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.refreshed(id) {
+                Some(r) if r.phase == ContainerPhase::Exited => return true,
+                None => return true,
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[instrument(skip(self))]
+    pub async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(rec) = self.container(id) else {
+            return Ok(());
+        };
+        let lock = self.pod_lock(&rec.sandbox_id);
+        let _g = lock.lock().await;
+        let Some(rec) = self.container(&rec.id) else {
+            return Ok(());
+        };
+        self.destroy_container(&rec).await;
+        info!(container = %rec.id, "container removed");
+        Ok(())
+    }
+
+    /// Removes everything of a container (best effort, idempotent) and drops its record.
+    pub(crate) async fn destroy_container(&self, rec: &ContainerRecord) {
+        if let Ok(oci) = self.oci(&rec.runtime_handler)
+            && let Err(e) = oci.delete(&rec.id).await
+        {
+            warn!(container = %rec.id, error = %e, "OCI runtime delete failed");
+        }
+        if let Some(sb) = self.sandbox(&rec.sandbox_id) {
+            monitor::forget(&sb.dir, &rec.id).await;
+        }
+        let _ = umount2(&rec.rootfs(), MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&rec.bundle);
+        let _ = std::fs::remove_dir_all(&rec.data_dir);
+        if let Err(e) = self.images.release(&rec.id).await {
+            warn!(container = %rec.id, error = %e, "releasing image layers");
+        }
+        self.drop_container_record(&rec.id);
+    }
+
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let rec = self
+            .refreshed(id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))?;
+        if rec.phase != ContainerPhase::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let sb = self
+            .sandbox(&rec.sandbox_id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {}", rec.sandbox_id)))?;
+        monitor::reopen_log(&sb.dir, &rec.id)
+            .await
+            .map_err(|e| RuntimeError::internal("reopen container log", e))
+    }
+}

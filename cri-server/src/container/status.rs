@@ -1,0 +1,110 @@
+//! ContainerStatus and ListContainers.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::{Container, ContainerState, ContainerStatus, ImageSpec};
+
+use super::record::{ContainerPhase, ContainerRecord};
+use crate::runtime::Runtime;
+
+#[derive(Debug, Default)]
+pub struct ContainerFilter {
+    pub id: Option<String>,
+    pub sandbox_id: Option<String>,
+    pub state: Option<ContainerState>,
+    pub labels: HashMap<String, String>,
+}
+
+impl ContainerRecord {
+    fn image_spec(&self) -> ImageSpec {
+        ImageSpec {
+            image: self.image_id.clone(),
+            annotations: self
+                .config
+                .image
+                .as_ref()
+                .map(|i| i.annotations.clone())
+                .unwrap_or_default(),
+            user_specified_image: self
+                .config
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+            runtime_handler: String::new(),
+        }
+    }
+
+    pub fn to_status(&self) -> ContainerStatus {
+        ContainerStatus {
+            id: self.id.clone(),
+            metadata: self.config.metadata.clone(),
+            state: self.cri_state() as i32,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            exit_code: self.exit_code,
+            image: Some(self.image_spec()),
+            image_ref: self.image_ref.clone(),
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+            labels: self.config.labels.clone(),
+            annotations: self.config.annotations.clone(),
+            mounts: self.config.mounts.clone(),
+            log_path: self
+                .log_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            resources: None,
+            image_id: self.image_id.clone(),
+            user: None,
+        }
+    }
+
+    pub fn to_list_item(&self) -> Container {
+        Container {
+            id: self.id.clone(),
+            pod_sandbox_id: self.sandbox_id.clone(),
+            metadata: self.config.metadata.clone(),
+            image: Some(self.image_spec()),
+            image_ref: self.image_ref.clone(),
+            state: self.cri_state() as i32,
+            created_at: self.created_at,
+            labels: self.config.labels.clone(),
+            annotations: self.config.annotations.clone(),
+            image_id: self.image_id.clone(),
+        }
+    }
+}
+
+impl Runtime {
+    pub fn list_containers(&self, f: &ContainerFilter) -> Vec<ContainerRecord> {
+        let ids: Vec<String> = self
+            .containers
+            .read()
+            .expect("containers")
+            .keys()
+            .cloned()
+            .collect();
+        let mut v: Vec<ContainerRecord> = ids
+            .iter()
+            .filter_map(|id| self.refreshed(id))
+            .filter(|c| c.phase != ContainerPhase::Creating)
+            .filter(|c| f.id.as_deref().is_none_or(|id| c.id.starts_with(id)))
+            .filter(|c| {
+                f.sandbox_id
+                    .as_deref()
+                    .is_none_or(|s| c.sandbox_id.starts_with(s))
+            })
+            .filter(|c| f.state.is_none_or(|s| c.cri_state() == s))
+            .filter(|c| {
+                f.labels
+                    .iter()
+                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
+            })
+            .collect();
+        v.sort_by_key(|c| c.created_at);
+        v
+    }
+}

@@ -1,0 +1,205 @@
+//! Drives the OCI runtime binary (runc, crun): start, kill, delete, state, exec. `create` is the
+//! per-pod monitor's job, because the monitor must hold the container's stdio.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{runtime} {verb} {id}: {message}")]
+    Failed {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("run {runtime}: {source}")]
+    Spawn {
+        runtime: String,
+        source: std::io::Error,
+    },
+    #[error("{runtime} {verb} {id}: container does not exist")]
+    NotFound {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+    },
+}
+
+/// One OCI runtime binary with its state root.
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+}
+
+/// What ExecSync returns.
+#[derive(Debug, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+    pub timed_out: bool,
+}
+
+/// Output beyond this is dropped (the kubelet caps exec output at 16 MiB too).
+pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
+
+impl OciRuntime {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn name(&self) -> String {
+        self.binary.display().to_string()
+    }
+
+    async fn run(&self, verb: &'static str, id: &str, args: &[&str]) -> Result<Vec<u8>, OciError> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .await
+            .map_err(|source| OciError::Spawn {
+                runtime: self.name(),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if message.contains("does not exist") || message.contains("not found") {
+            return Err(OciError::NotFound {
+                runtime: self.name(),
+                verb,
+                id: id.into(),
+            });
+        }
+        Err(OciError::Failed {
+            runtime: self.name(),
+            verb,
+            id: id.into(),
+            message,
+        })
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), OciError> {
+        self.run("start", id, &["start", id]).await.map(drop)
+    }
+
+    /// Sends `signal` (a name like "TERM" or a number) to the container's init.
+    pub async fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), OciError> {
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, signal]);
+        self.run("kill", id, &args).await.map(drop)
+    }
+
+    /// Deletes the container (forcefully: a running one is killed). Unknown ids are fine.
+    pub async fn delete(&self, id: &str) -> Result<(), OciError> {
+        match self.run("delete", id, &["delete", "--force", id]).await {
+            Ok(_) | Err(OciError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The runtime's status word ("created", "running", "stopped", "paused").
+    pub async fn state(&self, id: &str) -> Result<String, OciError> {
+        let out = self.run("state", id, &["state", id]).await?;
+        let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| OciError::Failed {
+            runtime: self.name(),
+            verb: "state",
+            id: id.into(),
+            message: format!("unreadable state: {e}"),
+        })?;
+        Ok(v["status"].as_str().unwrap_or("unknown").to_string())
+    }
+
+    /// Runs `process.json` (an OCI process) in the container and collects its output; kills the
+    /// process when `timeout` passes.
+    pub async fn exec(
+        &self,
+        id: &str,
+        process_json: &Path,
+        pid_file: &Path,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, OciError> {
+        let mut child = self
+            .command()
+            .arg("exec")
+            .arg("--process")
+            .arg(process_json)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| OciError::Spawn {
+                runtime: self.name(),
+                source,
+            })?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let out_task = tokio::spawn(read_capped(stdout));
+        let err_task = tokio::spawn(read_capped(stderr));
+        let waited = match timeout {
+            Some(t) => tokio::time::timeout(t, child.wait()).await.ok(),
+            None => Some(child.wait().await),
+        };
+        let (exit_code, timed_out) = match waited {
+            Some(Ok(status)) => (status.code().unwrap_or(255), false),
+            Some(Err(source)) => {
+                return Err(OciError::Spawn {
+                    runtime: self.name(),
+                    source,
+                });
+            }
+            None => {
+                // Kill the process inside the container, then the runtime's exec.
+                if let Ok(pid) = std::fs::read_to_string(pid_file)
+                    && let Ok(pid) = pid.trim().parse::<i32>()
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = child.kill().await;
+                (137, true)
+            }
+        };
+        let stdout = out_task.await.unwrap_or_default();
+        let stderr = err_task.await.unwrap_or_default();
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code,
+            timed_out,
+        })
+    }
+}
+
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => {
+                let room = MAX_EXEC_OUTPUT.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The pod and container domain: sandboxes and containers, their records on disk, and the
+//! mechanisms they use (pinned namespaces, CNI, the per-pod monitor, the OCI runtime).
+//!
+//! Records: `<root>/pods/<id>.json` and `<root>/containers/<id>.json`, written atomically. A
+//! record in state `Creating` marks work a crash may have left half-made: it is torn down at
+//! the next start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::container::ContainerRecord;
+use crate::image::ImageStore;
+use crate::network::Cni;
+use crate::oci::OciRuntime;
+use crate::sandbox::SandboxRecord;
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{what}: {reason}")]
+    Internal { what: String, reason: String },
+}
+
+impl RuntimeError {
+    pub fn internal(what: impl Into<String>, reason: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Internal {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Paths and settings the domain needs from the config.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Persistent: records, container upper dirs.
+    pub root: PathBuf,
+    /// Volatile: pod dirs (resolv.conf, shm, monitor socket), bundles, runtime state.
+    pub state: PathBuf,
+}
+
+impl Paths {
+    pub fn pod_records(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+    pub fn container_records(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    pub fn pins(&self) -> PathBuf {
+        self.state.join("ns")
+    }
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
+        self.state.join("pods").join(id)
+    }
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.state.join("bundles").join(id)
+    }
+    pub fn container_data(&self, id: &str) -> PathBuf {
+        self.root.join("container-data").join(id)
+    }
+    pub fn runtime_root(&self) -> PathBuf {
+        self.state.join("runc")
+    }
+    pub fn cni_cache(&self) -> PathBuf {
+        self.root.join("cni-cache")
+    }
+}
+
+pub struct Runtime {
+    pub paths: Paths,
+    pub images: Arc<ImageStore>,
+    pub cni: Cni,
+    pub handlers: HashMap<String, PathBuf>,
+    pub default_handler: String,
+    pub monitor_binary: PathBuf,
+    /// False where CAP_SYS_RESOURCE is missing: oom_score_adj is never lowered.
+    pub can_lower_oom_score: bool,
+    pub(crate) sandboxes: RwLock<HashMap<String, SandboxRecord>>,
+    pub(crate) containers: RwLock<HashMap<String, ContainerRecord>>,
+    /// One lock per pod id: lifecycle calls on one pod (and its containers) run one at a time.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Creating,
+    Ready,
+    NotReady,
+}
+
+impl Runtime {
+    pub async fn open(
+        config: &Config,
+        images: Arc<ImageStore>,
+    ) -> Result<Arc<Runtime>, RuntimeError> {
+        let paths = Paths {
+            root: config.root.clone(),
+            state: config.state_dir.clone(),
+        };
+        for d in [
+            paths.pod_records(),
+            paths.container_records(),
+            paths.cni_cache(),
+            paths.state.join("pods"),
+            paths.state.join("bundles"),
+            paths.runtime_root(),
+            paths.root.join("container-data"),
+        ] {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| RuntimeError::internal(format!("create {}", d.display()), e))?;
+            let _ = store::remove_temp_files(&d);
+        }
+        crate::sandbox::namespaces::prepare_pin_dir(&paths.pins())
+            .map_err(|e| RuntimeError::internal("prepare namespace pin dir", e))?;
+        let handlers = config
+            .runtime
+            .handlers
+            .iter()
+            .map(|(k, v)| (k.clone(), resolve_binary(&v.path)))
+            .collect();
+        let monitor_binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("cri-monitor")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("cri-monitor"));
+        let can_lower_oom_score = has_cap_sys_resource();
+        if !can_lower_oom_score {
+            warn!(
+                "CAP_SYS_RESOURCE is missing: oom_score_adj below the daemon's own will be clamped (as containerd's restrict_oom_score_adj)"
+            );
+        }
+        let rt = Arc::new(Runtime {
+            cni: Cni::new(
+                config.cni.conf_dir.clone(),
+                config.cni.bin_dirs.clone(),
+                paths.cni_cache(),
+            ),
+            paths,
+            images,
+            handlers,
+            default_handler: config.runtime.default_handler.clone(),
+            monitor_binary,
+            can_lower_oom_score,
+            sandboxes: RwLock::new(HashMap::new()),
+            containers: RwLock::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+        });
+        rt.recover().await;
+        Ok(rt)
+    }
+
+    /// The OCI runtime of a pod's handler.
+    pub fn oci(&self, handler: &str) -> Result<OciRuntime, RuntimeError> {
+        let name = if handler.is_empty() {
+            self.default_handler.as_str()
+        } else {
+            handler
+        };
+        let binary = self.handlers.get(name).ok_or_else(|| {
+            RuntimeError::InvalidArgument(format!("unknown runtime handler {name:?}"))
+        })?;
+        Ok(OciRuntime {
+            binary: binary.clone(),
+            root: self.paths.runtime_root().join(name),
+        })
+    }
+
+    pub(crate) fn pod_lock(&self, pod_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().expect("locks");
+        m.retain(|_, l| Arc::strong_count(l) > 1);
+        m.entry(pod_id.to_string()).or_default().clone()
+    }
+
+    pub(crate) fn save_sandbox(&self, rec: &SandboxRecord) -> Result<(), RuntimeError> {
+        let path = self.paths.pod_records().join(format!("{}.json", rec.id));
+        store::write_json(&path, rec)
+            .map_err(|e| RuntimeError::internal(format!("write {}", path.display()), e))?;
+        self.sandboxes
+            .write()
+            .expect("sandboxes")
+            .insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    pub(crate) fn drop_sandbox_record(&self, id: &str) {
+        let _ = std::fs::remove_file(self.paths.pod_records().join(format!("{id}.json")));
+        self.sandboxes.write().expect("sandboxes").remove(id);
+    }
+
+    pub(crate) fn save_container(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
+        let path = self
+            .paths
+            .container_records()
+            .join(format!("{}.json", rec.id));
+        store::write_json(&path, rec)
+            .map_err(|e| RuntimeError::internal(format!("write {}", path.display()), e))?;
+        self.containers
+            .write()
+            .expect("containers")
+            .insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    pub(crate) fn drop_container_record(&self, id: &str) {
+        let _ = std::fs::remove_file(self.paths.container_records().join(format!("{id}.json")));
+        self.containers.write().expect("containers").remove(id);
+    }
+
+    pub fn sandbox(&self, id: &str) -> Option<SandboxRecord> {
+        let map = self.sandboxes.read().expect("sandboxes");
+        map.get(id).cloned().or_else(|| unique_prefix(&map, id))
+    }
+
+    pub fn container(&self, id: &str) -> Option<ContainerRecord> {
+        let map = self.containers.read().expect("containers");
+        map.get(id).cloned().or_else(|| unique_prefix(&map, id))
+    }
+
+    pub fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
+        self.containers
+            .read()
+            .expect("containers")
+            .values()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Loads records; tears down what a crash left in `Creating`.
+    async fn recover(self: &Arc<Self>) {
+        let mut pods = Vec::new();
+        let mut ctrs = Vec::new();
+        for (dir, is_pod) in [
+            (self.paths.pod_records(), true),
+            (self.paths.container_records(), false),
+        ] {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if is_pod {
+                    match store::read_json::<SandboxRecord>(&p) {
+                        Ok(r) => pods.push(r),
+                        Err(err) => {
+                            warn!(path = %p.display(), error = %err, "unreadable pod record dropped")
+                        }
+                    }
+                } else {
+                    match store::read_json::<ContainerRecord>(&p) {
+                        Ok(r) => ctrs.push(r),
+                        Err(err) => {
+                            warn!(path = %p.display(), error = %err, "unreadable container record dropped")
+                        }
+                    }
+                }
+            }
+        }
+        {
+            let mut s = self.sandboxes.write().expect("sandboxes");
+            for p in &pods {
+                s.insert(p.id.clone(), p.clone());
+            }
+            let mut c = self.containers.write().expect("containers");
+            for r in &ctrs {
+                c.insert(r.id.clone(), r.clone());
+            }
+        }
+        for c in ctrs
+            .iter()
+            .filter(|c| c.phase == crate::container::ContainerPhase::Creating)
+        {
+            warn!(container = %c.id, "container creation was cut short by a crash: cleaning up");
+            self.destroy_container(c).await;
+        }
+        for p in pods.iter().filter(|p| p.phase == Phase::Creating) {
+            warn!(pod = %p.id, "pod creation was cut short by a crash: cleaning up");
+            self.destroy_sandbox(p).await;
+        }
+        // Pods whose namespaces vanished (a reboot) are not ready any more.
+        for mut p in pods.into_iter().filter(|p| p.phase == Phase::Ready) {
+            let lost = p
+                .pins
+                .net
+                .as_deref()
+                .is_some_and(|n| !crate::sandbox::namespaces::is_pinned(n));
+            if lost {
+                p.phase = Phase::NotReady;
+                let _ = self.save_sandbox(&p);
+            }
+        }
+        info!(
+            pods = self.sandboxes.read().map(|s| s.len()).unwrap_or(0),
+            containers = self.containers.read().map(|s| s.len()).unwrap_or(0),
+            "pod and container records recovered"
+        );
+    }
+}
+
+fn unique_prefix<T: Clone>(map: &HashMap<String, T>, prefix: &str) -> Option<T> {
+    if prefix.len() < 6 {
+        return None;
+    }
+    let mut it = map.iter().filter(|(k, _)| k.starts_with(prefix));
+    match (it.next(), it.next()) {
+        (Some((_, v)), None) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn has_cap_sys_resource() -> bool {
+    // CAP_SYS_RESOURCE is bit 24 of the effective set.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("CapEff:"))
+                .and_then(|l| u64::from_str_radix(l[7..].trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+/// A random 64-hex id, as containerd and CRI-O use.
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    hex::encode(b)
+}
+
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Does `path` exist as a mount point?
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(target) = path.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == target.to_str()))
+        .unwrap_or(false)
+}
+
+/// A bare binary name resolved through PATH (and the sbin dirs a daemon's PATH may lack).
+fn resolve_binary(path: &Path) -> PathBuf {
+    if path.components().count() > 1 {
+        return path.to_path_buf();
+    }
+    let dirs = std::env::var("PATH").unwrap_or_default();
+    dirs.split(':')
+        .chain([
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ])
+        .map(|d| Path::new(d).join(path))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| path.to_path_buf())
+}

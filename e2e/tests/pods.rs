@@ -1,0 +1,779 @@
+//! Pods and containers end to end: the real cri-server binary with real runc, pinned
+//! namespaces, Debian's reference CNI plugins and the per-pod monitor. Every test runs inside
+//! a node network namespace of its own (registry, daemon and CNI bridge live there), on a
+//! 10.x subnet of its own.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use e2e::cri::Clients;
+use e2e::daemon::CriServer;
+use e2e::images::{self, Pusher};
+use e2e::netns::{NodeNetns, write_reference_conflist};
+use e2e::registry::Registry;
+use k8s_cri::v1::*;
+use nix::sys::signal::Signal;
+use tonic::Code;
+
+struct Node {
+    // Field order is drop order: daemon before registry before the namespace.
+    server: CriServer,
+    _registry: Registry,
+    c: Clients,
+    busybox: String,
+    logs: tempfile::TempDir,
+    cgroup_parent: String,
+    subnet_prefix: String,
+    node: NodeNetns,
+}
+
+/// Runs `body` on a thread inside a fresh node netns with a tokio runtime of its own.
+fn in_node<F, Fut>(subnet: u8, body: F)
+where
+    F: FnOnce(Node) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let node = NodeNetns::new().expect("node netns");
+    node.enter().expect("enter node netns");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let registry = Registry::start().expect("registry");
+        let pusher = Pusher::for_registry(&registry).unwrap();
+        let layer = images::build_layer(&images::busybox_base_entries().unwrap(), images::Compression::Gzip).unwrap();
+        let spec = images::ImageSpec { cmd: Some(vec!["sh".into()]), ..images::ImageSpec::new(vec![layer]) };
+        pusher.push_image("test/busybox", Some("latest"), &spec).await.unwrap();
+        let busybox = format!("{}/test/busybox:latest", registry.addr());
+
+        let conf = tempfile::tempdir().unwrap().keep();
+        let bridge = format!("e2ebr{subnet}");
+        let subnet_cidr = format!("10.231.{subnet}.0/24");
+        write_reference_conflist(&conf.join("net.d"), &bridge, &subnet_cidr, &conf.join("ipam")).unwrap();
+        // The bridge plugin turns on forwarding in the node netns: nothing from the pod subnet
+        // may leave through anything but its bridge.
+        let out = node.run("iptables", &["-A", "FORWARD", "-s", &subnet_cidr, "!", "-o", &bridge, "-j", "DROP"]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let server = CriServer::start(&format!(
+            "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+            registry.addr(),
+            conf.join("net.d")
+        ))
+        .expect("cri-server");
+        let mut c = server.clients().await.unwrap();
+        c.image.pull_image(PullImageRequest { image: Some(ImageSpec { image: busybox.clone(), ..Default::default() }), ..Default::default() }).await.expect("pull busybox");
+        let cgroup_parent = format!("/cri-e2e-{}", &e2e_id()[..10]);
+        let n = Node {
+            server,
+            _registry: registry,
+            c,
+            busybox,
+            logs: tempfile::tempdir().unwrap(),
+            cgroup_parent: cgroup_parent.clone(),
+            subnet_prefix: format!("10.231.{subnet}."),
+            node,
+        };
+        body(n).await;
+        remove_cgroup_parent(&cgroup_parent);
+        let _ = std::fs::remove_dir_all(conf);
+    });
+}
+
+fn e2e_id() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+    )
+}
+
+fn remove_cgroup_parent(parent: &str) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for ctrl in rd.flatten() {
+        let dir = ctrl.path().join(parent.trim_start_matches('/'));
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+impl Node {
+    fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "e2e".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs.path().join(name).display().to_string(),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
+        let cfg = self.pod_config(name);
+        let id = self
+            .c
+            .runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        (id, cfg)
+    }
+
+    fn container_config(&self, name: &str, cmd: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: self.busybox.clone(),
+                ..Default::default()
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    async fn create(
+        &mut self,
+        pod: &(String, PodSandboxConfig),
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.c
+            .runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.1.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn start(&mut self, id: &str) {
+        self.c
+            .runtime
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("StartContainer");
+    }
+
+    async fn run_container(
+        &mut self,
+        pod: &(String, PodSandboxConfig),
+        name: &str,
+        cmd: &[&str],
+    ) -> String {
+        let cfg = self.container_config(name, cmd);
+        let id = self.create(pod, cfg).await.expect("CreateContainer");
+        self.start(&id).await;
+        id
+    }
+
+    async fn status(&mut self, id: &str) -> ContainerStatus {
+        self.c
+            .runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    async fn wait_exited(&mut self, id: &str, within: Duration) -> ContainerStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.status(id).await;
+            if st.state == ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} still {:?}",
+                st.state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<ExecSyncResponse, tonic::Status> {
+        self.c
+            .runtime
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn pod_ip(&mut self, id: &str) -> String {
+        let st = self
+            .c
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        st.status.unwrap().network.unwrap().ip
+    }
+
+    fn log_of(&self, pod: &str, container: &str) -> String {
+        std::fs::read_to_string(self.logs.path().join(pod).join(container).join("0.log"))
+            .unwrap_or_default()
+    }
+
+    async fn remove_pod(&mut self, id: &str) {
+        self.c
+            .runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .expect("StopPodSandbox");
+        self.c
+            .runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+    }
+}
+
+/// CRI log lines: `<RFC3339Nano> <stream> <P|F> <text>`.
+fn parse_log(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let ts = it.next().unwrap_or("");
+            assert!(
+                ts.ends_with('Z') && ts.contains('T'),
+                "timestamp {ts:?} in {l:?}"
+            );
+            (
+                it.next().unwrap_or("").to_string(),
+                it.next().unwrap_or("").to_string(),
+                it.next().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| Path::new(m).starts_with(&dir))
+        .collect()
+}
+
+#[test]
+fn container_logs_in_cri_format_and_reports_its_exit_code() {
+    in_node(11, |mut n| async move {
+        let pod = n.run_pod("logger").await;
+        let id = n
+            .run_container(
+                &pod,
+                "main",
+                &["sh", "-c", "echo hello; echo oops >&2; echo world; exit 3"],
+            )
+            .await;
+        let st = n.wait_exited(&id, Duration::from_secs(20)).await;
+        assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
+        assert!(
+            st.finished_at >= st.started_at && st.started_at >= st.created_at && st.created_at > 0
+        );
+        assert_eq!(
+            st.log_path,
+            n.logs
+                .path()
+                .join("logger/main/0.log")
+                .display()
+                .to_string()
+        );
+        // Logs are flushed by the monitor shortly after exit.
+        let mut lines = Vec::new();
+        for _ in 0..50 {
+            lines = parse_log(&n.log_of("logger", "main"));
+            if lines.len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut stdout: Vec<_> = lines
+            .iter()
+            .filter(|l| l.0 == "stdout")
+            .map(|l| (l.1.as_str(), l.2.as_str()))
+            .collect();
+        stdout.sort();
+        assert_eq!(stdout, vec![("F", "hello"), ("F", "world")]);
+        assert!(
+            lines.contains(&("stderr".into(), "F".into(), "oops".into())),
+            "{lines:?}"
+        );
+
+        let ok = n.run_container(&pod, "ok", &["true"]).await;
+        let st = n.wait_exited(&ok, Duration::from_secs(20)).await;
+        assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn pods_get_ips_talk_over_localhost_and_to_each_other() {
+    in_node(12, |mut n| async move {
+        let a = n.run_pod("pod-a").await;
+        let b = n.run_pod("pod-b").await;
+        let ip_a = n.pod_ip(&a.0).await;
+        let ip_b = n.pod_ip(&b.0).await;
+        assert!(
+            ip_a.starts_with(&n.subnet_prefix)
+                && ip_b.starts_with(&n.subnet_prefix)
+                && ip_a != ip_b,
+            "{ip_a} {ip_b}"
+        );
+        let server = n.run_container(&a, "web", &["sh", "-c", "mkdir -p /tmp/www && echo hi-from-a > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]).await;
+        let side = n.run_container(&a, "side", &["sleep", "3600"]).await;
+        let other = n.run_container(&b, "client", &["sleep", "3600"]).await;
+        // Two containers of one pod share the network namespace: localhost.
+        let mut got = String::new();
+        for _ in 0..50 {
+            let r = n
+                .exec(&side, &["wget", "-qO-", "http://127.0.0.1:8080/"], 5)
+                .await
+                .unwrap();
+            got = String::from_utf8_lossy(&r.stdout).into_owned();
+            if r.exit_code == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(got.trim(), "hi-from-a");
+        // Another pod reaches it at its IP.
+        let r = n
+            .exec(
+                &other,
+                &["wget", "-qO-", &format!("http://{ip_a}:8080/")],
+                5,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
+            (0, "hi-from-a")
+        );
+        // The pod's hostname and resolv.conf.
+        let r = n.exec(&other, &["hostname"], 5).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "pod-b");
+        let _ = server;
+        n.remove_pod(&a.0).await;
+        n.remove_pod(&b.0).await;
+    });
+}
+
+#[test]
+fn exec_sync_returns_both_streams_and_exit_code_and_kills_at_timeout() {
+    in_node(13, |mut n| async move {
+        let pod = n.run_pod("exec").await;
+        let id = n.run_container(&pod, "main", &["sleep", "3600"]).await;
+        let r = n
+            .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 7"], 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
+            (7, &b"out\n"[..], &b"err\n"[..])
+        );
+        let started = Instant::now();
+        let err = n.exec(&id, &["sleep", "30"], 1).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(15));
+        // The timed-out process is gone.
+        let r = n.exec(&id, &["ps"], 5).await.unwrap();
+        let ps = String::from_utf8_lossy(&r.stdout).into_owned();
+        assert_eq!(r.exit_code, 0, "{ps}");
+        assert!(
+            ps.contains("sleep 3600") && !ps.contains("sleep 30\n"),
+            "{ps}"
+        );
+        let err = n.exec("nope", &["true"], 1).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn stop_sends_the_signal_then_kills_and_remove_leaves_nothing_behind() {
+    in_node(14, |mut n| async move {
+        let pod = n.run_pod("stopper").await;
+        // Ignores SIGTERM: StopContainer must SIGKILL after the timeout.
+        let stubborn = n
+            .run_container(
+                &pod,
+                "stubborn",
+                &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+            )
+            .await;
+        // PID 1 of a container has no default signal actions: it must handle TERM itself.
+        let polite = n
+            .run_container(
+                &pod,
+                "polite",
+                &[
+                    "sh",
+                    "-c",
+                    "trap 'exit 143' TERM; while true; do sleep 0.1; done",
+                ],
+            )
+            .await;
+        let started = Instant::now();
+        n.c.runtime
+            .stop_container(StopContainerRequest {
+                container_id: polite.clone(),
+                timeout: 10,
+            })
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "sleep dies on SIGTERM at once"
+        );
+        assert_eq!(n.status(&polite).await.exit_code, 143);
+        n.c.runtime
+            .stop_container(StopContainerRequest {
+                container_id: stubborn.clone(),
+                timeout: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(n.status(&stubborn).await.exit_code, 137);
+        // Idempotent, and unknown ids are not errors.
+        n.c.runtime
+            .stop_container(StopContainerRequest {
+                container_id: stubborn.clone(),
+                timeout: 1,
+            })
+            .await
+            .unwrap();
+        n.c.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: polite.clone(),
+            })
+            .await
+            .unwrap();
+        n.c.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: polite.clone(),
+            })
+            .await
+            .unwrap();
+        n.c.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: "unknown".into(),
+            })
+            .await
+            .unwrap();
+        n.c.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: "unknown".into(),
+            })
+            .await
+            .unwrap();
+
+        let ip = n.pod_ip(&pod.0).await;
+        n.c.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.0.clone(),
+            })
+            .await
+            .unwrap();
+        let st =
+            n.c.runtime
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.0.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(
+            st.status.unwrap().state,
+            PodSandboxState::SandboxNotready as i32
+        );
+        n.c.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.0.clone(),
+            })
+            .await
+            .unwrap();
+        n.c.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.0.clone(),
+            })
+            .await
+            .unwrap();
+        n.c.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.0.clone(),
+            })
+            .await
+            .unwrap();
+
+        // Nothing of the pod remains: records, mounts, pins, bundles, IP, monitor.
+        let state = n.server.dir.path().join("state");
+        assert_eq!(
+            mounts_under(n.server.dir.path()),
+            vec![state.join("ns").display().to_string()],
+            "only the pin dir itself"
+        );
+        for d in ["pods", "bundles"] {
+            assert_eq!(std::fs::read_dir(state.join(d)).unwrap().count(), 0, "{d}");
+        }
+        assert_eq!(
+            std::fs::read_dir(state.join("ns")).unwrap().count(),
+            0,
+            "pins"
+        );
+        for d in ["pods", "containers", "container-data", "cni-cache"] {
+            assert_eq!(
+                std::fs::read_dir(n.server.root.join(d)).unwrap().count(),
+                0,
+                "{d}"
+            );
+        }
+        let ipam = std::fs::read_dir(n.logs.path()).map(|_| ()).ok();
+        let _ = ipam;
+        let list =
+            n.c.runtime
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(list.items.is_empty());
+        let procs = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("cmdline"))
+                    .unwrap_or_default()
+                    .contains(&pod.0)
+            })
+            .count();
+        assert_eq!(procs, 0, "no process of the pod is left");
+        let _ = ip;
+    });
+}
+
+#[test]
+fn containers_outlive_a_kill_9_of_the_server_and_exits_are_recorded_meanwhile() {
+    in_node(15, |mut n| async move {
+        let pod = n.run_pod("survivor").await;
+        let long = n
+            .run_container(
+                &pod,
+                "long",
+                &[
+                    "sh",
+                    "-c",
+                    "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+                ],
+            )
+            .await;
+        let short = n
+            .run_container(&pod, "short", &["sh", "-c", "sleep 1; exit 42"])
+            .await;
+        n.server.stop_with(Signal::SIGKILL).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ticks_before = n.log_of("survivor", "long").lines().count();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            n.log_of("survivor", "long").lines().count() > ticks_before,
+            "logs keep flowing while the server is down"
+        );
+        n.server.spawn().unwrap();
+        n.c = n.server.clients().await.unwrap();
+        assert_eq!(
+            n.status(&long).await.state,
+            ContainerState::ContainerRunning as i32
+        );
+        let st = n.status(&short).await;
+        assert_eq!(
+            (st.state, st.exit_code),
+            (ContainerState::ContainerExited as i32, 42)
+        );
+        let pods =
+            n.c.runtime
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(pods.items.len(), 1);
+        assert_eq!(pods.items[0].state, PodSandboxState::SandboxReady as i32);
+        let list =
+            n.c.runtime
+                .list_containers(ListContainersRequest {
+                    filter: Some(ContainerFilter {
+                        pod_sandbox_id: pod.0.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(list.containers.len(), 2);
+        // Teardown after the restart still works (CNI DEL from the cache).
+        n.remove_pod(&pod.0).await;
+        assert_eq!(
+            std::fs::read_dir(n.server.root.join("cni-cache"))
+                .unwrap()
+                .count(),
+            0
+        );
+    });
+}
+
+#[test]
+fn tiny_memory_limit_ends_in_oomkilled() {
+    in_node(16, |mut n| async move {
+        let pod = n.run_pod("oom").await;
+        let mut cfg = n.container_config("hog", &["sh", "-c", "tail /dev/zero"]);
+        cfg.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 16 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = n.create(&pod, cfg).await.unwrap();
+        n.start(&id).await;
+        let st = n.wait_exited(&id, Duration::from_secs(60)).await;
+        assert_eq!((st.reason.as_str(), st.exit_code), ("OOMKilled", 137));
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn bad_requests_are_refused_and_leave_nothing() {
+    in_node(17, |mut n| async move {
+        let err =
+            n.c.runtime
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(PodSandboxConfig::default()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let cfg = n.pod_config("badhandler");
+        let err =
+            n.c.runtime
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(cfg),
+                    runtime_handler: "nosuch".into(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let mut cfg = n.pod_config("badsysctl");
+        cfg.linux
+            .as_mut()
+            .unwrap()
+            .sysctls
+            .insert("kernel.pid_max".into(), "100".into());
+        let err =
+            n.c.runtime
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(cfg),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let pod = n.run_pod("dup").await;
+        let err =
+            n.c.runtime
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(n.pod_config("dup")),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists);
+        let mut cfg = n.container_config("noimage", &["true"]);
+        cfg.image = Some(ImageSpec {
+            image: "127.0.0.1:1/absent:v1".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            n.create(&pod, cfg).await.unwrap_err().code(),
+            Code::NotFound
+        );
+        let cfg = n.container_config("nocmd", &[]);
+        let mut cfg2 = cfg.clone();
+        cfg2.image = None;
+        assert!(n.create(&pod, cfg2).await.is_err());
+        let err = n
+            .create(
+                &("nosuchpod".into(), pod.1.clone()),
+                n.container_config("x", &["true"]),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        n.remove_pod(&pod.0).await;
+        let state = n.server.dir.path().join("state");
+        assert_eq!(
+            std::fs::read_dir(state.join("ns")).unwrap().count(),
+            0,
+            "no pin left by failed RunPodSandbox"
+        );
+        assert_eq!(std::fs::read_dir(state.join("pods")).unwrap().count(), 0);
+        assert_eq!(
+            mounts_under(n.server.dir.path()),
+            vec![state.join("ns").display().to_string()],
+            "only the pin dir itself"
+        );
+        let _: PathBuf = n.node.path().to_path_buf();
+    });
+}
