@@ -41,10 +41,17 @@ impl CriServer {
         let root = dir.path().join("root");
         let socket = dir.path().join("cri.sock");
         let config_path = dir.path().join("config.toml");
-        let config = format!(
+        let mut config = format!(
             "listen = {socket:?}\nroot = {root:?}\nstate_dir = {state:?}\n[log]\nlevel = \"cri_server=debug,info\"\n{extra}\n",
             state = dir.path().join("state"),
         );
+        // Never the machine's own CNI config: an empty dir of the test's unless it names one.
+        if !extra.contains("[cni]") {
+            config.push_str(&format!(
+                "[cni]\nconf_dir = {:?}\n",
+                dir.path().join("net.d")
+            ));
+        }
         std::fs::write(&config_path, config)?;
         let mut server = CriServer {
             dir,
@@ -138,6 +145,32 @@ impl Drop for CriServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Containers and monitors a failed test left running: delete them with the runtime,
+        // then stop their monitors, so no process outlives the test.
+        let runtime_roots = std::fs::read_dir(self.dir.path().join("state/runc"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for root in runtime_roots {
+            let root = root.path();
+            let list = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output();
+            for id in list
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+        kill_processes_mentioning(self.dir.path());
         // What the daemon leaves mounted by design (its namespace pin dir) or by a failed
         // test: unmount it all, deepest first, before the temp dir goes.
         for m in crate::containerd::mounts_under(self.dir.path())
@@ -149,6 +182,23 @@ impl Drop for CriServer {
         }
         if std::thread::panicking() {
             eprintln!("---- cri-server log ----\n{}", self.log());
+        }
+    }
+}
+
+/// SIGKILLs every process whose command line mentions `dir` (a test's monitors).
+pub fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }

@@ -4,7 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use e2e::daemon::{CriServer, bin_path};
-use k8s_cri::v1::{RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
+use k8s_cri::v1::{
+    ExecRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+};
 use tonic::Code;
 
 fn cri_server(args: &[&str]) -> std::process::Output {
@@ -122,8 +124,15 @@ async fn socket_is_0660_and_runtime_basics_answer() {
         .run_pod_sandbox(RunPodSandboxRequest::default())
         .await
         .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "a sandbox needs a config"
+    );
+    // What has not landed yet says so, naming the RPC.
+    let err = c.runtime.exec(ExecRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"));
+    assert!(err.message().contains("Exec"));
 }
 
 #[test]

@@ -66,6 +66,8 @@ where
         let mut c = server.clients().await.unwrap();
         c.image.pull_image(PullImageRequest { image: Some(ImageSpec { image: busybox.clone(), ..Default::default() }), ..Default::default() }).await.expect("pull busybox");
         let cgroup_parent = format!("/cri-e2e-{}", &e2e_id()[..10]);
+        // Removed after the node (and its containers) are gone, even when the body panics.
+        let _cgroups = CgroupParentGuard(cgroup_parent.clone());
         let n = Node {
             server,
             _registry: registry,
@@ -76,9 +78,8 @@ where
             subnet_prefix: format!("10.231.{subnet}."),
             node,
         };
+        let _conf = RemoveDir(conf);
         body(n).await;
-        remove_cgroup_parent(&cgroup_parent);
-        let _ = std::fs::remove_dir_all(conf);
     });
 }
 
@@ -92,6 +93,22 @@ fn e2e_id() -> String {
                 .unwrap()
                 .as_nanos()
     )
+}
+
+struct CgroupParentGuard(String);
+
+impl Drop for CgroupParentGuard {
+    fn drop(&mut self) {
+        remove_cgroup_parent(&self.0);
+    }
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn remove_cgroup_parent(parent: &str) {
