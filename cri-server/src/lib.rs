@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod container;
+pub mod failpoint;
 pub mod image;
 pub mod network;
 pub mod oci;

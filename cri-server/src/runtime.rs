@@ -5,7 +5,7 @@
 //! record in state `Creating` marks work a crash may have left half-made: it is torn down at
 //! the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -304,11 +304,100 @@ impl Runtime {
                 let _ = self.save_sandbox(&p);
             }
         }
+        self.sweep_orphans().await;
         info!(
             pods = self.sandboxes.read().map(|s| s.len()).unwrap_or(0),
             containers = self.containers.read().map(|s| s.len()).unwrap_or(0),
             "pod and container records recovered"
         );
+    }
+}
+
+impl Runtime {
+    /// Removes what no record explains: namespace pins, CNI attachments, pod dirs with their
+    /// monitors and shm, runtime containers, bundles with their rootfs mounts, container data
+    /// and image leases. A crash between making a thing and recording it leaves exactly these.
+    async fn sweep_orphans(&self) {
+        let pods: HashSet<String> = self
+            .sandboxes
+            .read()
+            .expect("sandboxes")
+            .keys()
+            .cloned()
+            .collect();
+        let ctrs: HashSet<String> = self
+            .containers
+            .read()
+            .expect("containers")
+            .keys()
+            .cloned()
+            .collect();
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        for name in names(&self.paths.pins()) {
+            let id = name.rsplit_once('-').map(|(id, _)| id).unwrap_or(&name);
+            if !pods.contains(id) {
+                let pin = self.paths.pins().join(&name);
+                let _ = nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(&pin);
+                warn!(pin = %pin.display(), "removed an orphaned namespace pin");
+            }
+        }
+        for name in names(&self.paths.cni_cache()) {
+            if let Some(id) = name.strip_suffix(".json")
+                && !pods.contains(id)
+            {
+                match self.cni.del(id, None).await {
+                    Ok(()) => warn!(pod = %id, "released an orphaned pod network"),
+                    Err(e) => warn!(pod = %id, error = %e, "orphaned pod network: CNI DEL failed"),
+                }
+            }
+        }
+        for name in names(&self.paths.state.join("pods")) {
+            if !pods.contains(&name) {
+                let dir = self.paths.pod_dir(&name);
+                crate::sandbox::monitor::shutdown(&dir).await;
+                crate::sandbox::files::unmount_shm(&dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                warn!(pod = %name, "removed an orphaned pod dir");
+            }
+        }
+        for handler in self.handlers.keys() {
+            let Ok(oci) = self.oci(handler) else { continue };
+            if !oci.root.exists() {
+                continue;
+            }
+            for id in oci.list().await.unwrap_or_default() {
+                if !ctrs.contains(&id) {
+                    let _ = oci.delete(&id).await;
+                    warn!(container = %id, "deleted an orphaned runtime container");
+                }
+            }
+        }
+        for name in names(&self.paths.state.join("bundles")) {
+            if !ctrs.contains(&name) {
+                let bundle = self.paths.bundle(&name);
+                let _ =
+                    nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir_all(&bundle);
+            }
+        }
+        for name in names(&self.paths.root.join("container-data")) {
+            if !ctrs.contains(&name) {
+                let _ = std::fs::remove_dir_all(self.paths.container_data(&name));
+            }
+        }
+        for holder in self.images.lease_holders() {
+            if !ctrs.contains(&holder) {
+                let _ = self.images.release(&holder).await;
+            }
+        }
     }
 }
 

@@ -30,6 +30,8 @@ pub struct CriServer {
     pub socket: PathBuf,
     pub root: PathBuf,
     pub config_path: PathBuf,
+    /// Extra environment for the next `spawn` (e.g. `CRI_SERVER_FAILPOINT`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -58,6 +60,7 @@ impl CriServer {
             socket,
             root,
             config_path,
+            env: Vec::new(),
             child: None,
         };
         server.spawn()?;
@@ -81,6 +84,7 @@ impl CriServer {
         let child = Command::new(bin_path("cri-server"))
             .arg("--config")
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -123,6 +127,25 @@ impl CriServer {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!("cri-server ignored {sig} for 20s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the daemon to exit by itself (after a failpoint aborted it).
+    pub fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("not running")
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("cri-server did not exit within 20s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -25,6 +25,7 @@ struct Node {
     logs: tempfile::TempDir,
     cgroup_parent: String,
     subnet_prefix: String,
+    ipam_dir: PathBuf,
     node: NodeNetns,
 }
 
@@ -76,6 +77,7 @@ where
             logs: tempfile::tempdir().unwrap(),
             cgroup_parent: cgroup_parent.clone(),
             subnet_prefix: format!("10.231.{subnet}."),
+            ipam_dir: conf.join("ipam"),
             node,
         };
         let _conf = RemoveDir(conf);
@@ -792,5 +794,179 @@ fn bad_requests_are_refused_and_leave_nothing() {
             "only the pin dir itself"
         );
         let _: PathBuf = n.node.path().to_path_buf();
+    });
+}
+
+/// IPs host-local still holds (its files named after addresses).
+fn allocated_ips(ipam_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for net in std::fs::read_dir(ipam_dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(net.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn processes_mentioning(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .contains(needle)
+        })
+        .count()
+}
+
+#[test]
+fn crash_inside_run_pod_sandbox_leaves_nothing_after_restart() {
+    in_node(18, |mut n| async move {
+        for point in [
+            "sandbox-after-namespaces",
+            "sandbox-before-cni",
+            "sandbox-after-cni",
+        ] {
+            n.server.env = vec![("CRI_SERVER_FAILPOINT".into(), point.into())];
+            n.server.stop_with(Signal::SIGTERM).unwrap();
+            n.server.spawn().unwrap();
+            n.c = n.server.clients().await.unwrap();
+            let cfg = n.pod_config(&format!("crash-{point}"));
+            let err =
+                n.c.runtime
+                    .run_pod_sandbox(RunPodSandboxRequest {
+                        config: Some(cfg),
+                        runtime_handler: String::new(),
+                    })
+                    .await;
+            assert!(err.is_err(), "{point}: the daemon died mid-call");
+            assert!(!n.server.wait_exit().unwrap().success(), "{point}: aborted");
+            n.server.env.clear();
+            n.server.spawn().unwrap();
+            n.c = n.server.clients().await.unwrap();
+            let state = n.server.dir.path().join("state");
+            let pods =
+                n.c.runtime
+                    .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                    .await
+                    .unwrap()
+                    .into_inner();
+            assert!(pods.items.is_empty(), "{point}: {:?}", pods.items);
+            assert_eq!(count(&state.join("ns")), 0, "{point}: pins");
+            assert_eq!(count(&state.join("pods")), 0, "{point}: pod dirs");
+            assert_eq!(count(&n.server.root.join("pods")), 0, "{point}: records");
+            assert_eq!(
+                count(&n.server.root.join("cni-cache")),
+                0,
+                "{point}: CNI cache"
+            );
+            assert_eq!(
+                allocated_ips(&n.ipam_dir),
+                Vec::<String>::new(),
+                "{point}: IPs"
+            );
+            assert_eq!(
+                mounts_under(n.server.dir.path()),
+                vec![state.join("ns").display().to_string()],
+                "{point}: mounts"
+            );
+            assert_eq!(
+                processes_mentioning(&state.join("pods").display().to_string()),
+                0,
+                "{point}: monitors"
+            );
+        }
+    });
+}
+
+#[test]
+fn crash_inside_create_container_leaves_nothing_after_restart() {
+    in_node(19, |mut n| async move {
+        let pod = n.run_pod("crashc").await;
+        for point in ["container-after-rootfs", "container-after-runtime-create"] {
+            n.server.env = vec![("CRI_SERVER_FAILPOINT".into(), point.into())];
+            n.server.stop_with(Signal::SIGTERM).unwrap();
+            n.server.spawn().unwrap();
+            n.c = n.server.clients().await.unwrap();
+            let cfg = n.container_config("victim", &["sleep", "3600"]);
+            assert!(
+                n.create(&pod, cfg).await.is_err(),
+                "{point}: the daemon died mid-call"
+            );
+            assert!(!n.server.wait_exit().unwrap().success());
+            n.server.env.clear();
+            n.server.spawn().unwrap();
+            n.c = n.server.clients().await.unwrap();
+            let state = n.server.dir.path().join("state");
+            let list =
+                n.c.runtime
+                    .list_containers(ListContainersRequest { filter: None })
+                    .await
+                    .unwrap()
+                    .into_inner();
+            assert!(list.containers.is_empty(), "{point}");
+            assert_eq!(count(&state.join("bundles")), 0, "{point}: bundles");
+            assert_eq!(
+                count(&n.server.root.join("container-data")),
+                0,
+                "{point}: container data"
+            );
+            assert_eq!(
+                count(&n.server.root.join("images/leases")),
+                0,
+                "{point}: leases"
+            );
+            let runc = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(state.join("runc/runc"))
+                .args(["list", "-q"])
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&runc.stdout).trim(),
+                "",
+                "{point}: runc containers"
+            );
+            // Only the pod's own mounts stay (pin dir, its three pins, its shm): no rootfs.
+            let mounts = mounts_under(n.server.dir.path());
+            assert!(
+                mounts
+                    .iter()
+                    .all(|m| m.contains("/state/ns") || m.ends_with("/shm")),
+                "{point}: {mounts:?}"
+            );
+            assert_eq!(mounts.len(), 5, "{point}: {mounts:?}");
+            // The pod itself is untouched and still usable.
+            let st =
+                n.c.runtime
+                    .pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: pod.0.clone(),
+                        verbose: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+            assert_eq!(
+                st.status.unwrap().state,
+                PodSandboxState::SandboxReady as i32
+            );
+        }
+        let id = n.run_container(&pod, "after", &["true"]).await;
+        assert_eq!(
+            n.wait_exited(&id, Duration::from_secs(20)).await.exit_code,
+            0
+        );
+        n.remove_pod(&pod.0).await;
     });
 }

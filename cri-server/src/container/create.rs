@@ -157,6 +157,7 @@ impl Runtime {
             Some(opts.as_str()),
         )
         .map_err(|e| RuntimeError::internal("mount container rootfs (overlay)", e))?;
+        crate::failpoint::hit("container-after-rootfs");
         if let Some(log) = &rec.log_path
             && let Some(dir) = log.parent()
         {
@@ -234,6 +235,7 @@ impl Runtime {
                 e,
             )
         })?;
+        crate::failpoint::hit("container-after-runtime-create");
         Ok(())
     }
 }

@@ -274,6 +274,21 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Who holds leases (container ids).
+    pub fn lease_holders(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("leases"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     /// Bytes and inodes the image store holds, from the records (no tree walk).
     pub fn usage(&self) -> (u64, u64) {
         let records = self.records.read().expect("image records lock");

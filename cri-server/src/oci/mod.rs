@@ -114,6 +114,16 @@ impl OciRuntime {
         }
     }
 
+    /// Ids of the containers the runtime knows under its root.
+    pub async fn list(&self) -> Result<Vec<String>, OciError> {
+        let out = self.run("list", "", &["list", "-q"]).await?;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+            .collect())
+    }
+
     /// The runtime's status word ("created", "running", "stopped", "paused").
     pub async fn state(&self, id: &str) -> Result<String, OciError> {
         let out = self.run("state", id, &["state", id]).await?;

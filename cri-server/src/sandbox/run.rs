@@ -136,6 +136,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::internal("namespace task", e))?
             .map_err(|e| RuntimeError::internal("create pod namespaces", e))?;
         self.save_sandbox(rec)?;
+        crate::failpoint::hit("sandbox-after-namespaces");
 
         crate::sandbox::monitor::start(
             &self.monitor_binary,
@@ -173,11 +174,13 @@ impl Runtime {
                     .collect(),
                 cgroup_parent: rec.cgroup_parent.clone(),
             };
+            crate::failpoint::hit("sandbox-before-cni");
             let status = self
                 .cni
                 .add(&attachment)
                 .await
                 .map_err(|e| RuntimeError::internal("set up pod network (CNI ADD)", e))?;
+            crate::failpoint::hit("sandbox-after-cni");
             rec.network = Some(status);
         }
         Ok(())
