@@ -47,10 +47,22 @@ pub struct ContainerdOptions {
     pub max_concurrent_downloads: Option<usize>,
     /// Extra `key = value` lines for the `[plugins."io.containerd.grpc.v1.cri"]` table.
     pub cri_extra: String,
+    /// The CRI plugin's `sandbox_image` (the pause image every pod starts with), e.g. an image
+    /// in a local registry. None: a loopback reference that cannot be pulled (no pods).
+    pub sandbox_image: Option<String>,
+    /// The CNI plugins' directory (e.g. `/usr/lib/cni`). None: an empty dir of the instance.
+    pub cni_bin_dir: Option<PathBuf>,
+    /// The CNI config directory. None: an empty dir of the instance (pods get no network).
+    pub cni_conf_dir: Option<PathBuf>,
 }
 
-/// A running containerd. Dropping it stops the process (SIGTERM, then SIGKILL), unmounts whatever
-/// it left mounted under its temp dir and removes the dir.
+/// A running containerd. Dropping it stops the process (SIGTERM, then SIGKILL), deletes every
+/// container left in its runc root, kills its shims, unmounts whatever it left mounted under its
+/// temp dir and removes the dir.
+///
+/// Its runc v2 runtime keeps runc's state (`Root`) under the temp dir too, so what a run leaves
+/// behind can be found; only the shims' sockets live where containerd 1.6 hard-codes them
+/// (`/run/containerd/s/`), and Drop removes those of its shims.
 pub struct Containerd {
     pub socket: PathBuf,
     pub root: PathBuf,
@@ -121,6 +133,100 @@ impl Containerd {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The instance's temp dir (canonical): root, state, sockets, config, log.
+    pub fn dir(&self) -> &Path {
+        self.base()
+    }
+
+    /// runc's `--root` for the CRI namespace (`k8s.io`) of this instance's shims.
+    pub fn runc_root(&self) -> PathBuf {
+        self.base().join("runc").join("k8s.io")
+    }
+
+    /// Pids of this instance's `containerd-shim-runc-v2` processes (their command line names
+    /// the instance's socket). They outlive containerd by design.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        shim_pids_mentioning(self.base())
+    }
+
+    /// What containers and shims outlive containerd: `runc delete --force` of every container
+    /// in the instance's runc root, SIGKILL to its shims (waiting for them to go), and removal
+    /// of the shims' sockets. Call it after [`Containerd::stop`]; Drop does.
+    pub fn kill_tasks(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        // The shims' socket addresses (`unix:///run/containerd/s/<hash>`), read before the
+        // shims go: a killed shim leaves its socket file behind.
+        let sockets = self.shim_sockets();
+        let root = self.runc_root();
+        if root.is_dir() {
+            let list = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+                .context("runc list")?;
+            for id in String::from_utf8_lossy(&list.stdout).lines() {
+                let out = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output()
+                    .context("runc delete")?;
+                if !out.status.success() {
+                    problems.push(format!(
+                        "runc delete --force {id}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            let pids = self.shim_pids();
+            if pids.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                problems.push(format!("shims still alive after SIGKILL: {pids:?}"));
+                break;
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for s in sockets {
+            let _ = std::fs::remove_file(&s);
+        }
+        // The socket dir is containerd's, not ours; leave it only if something else uses it.
+        for d in [SHIM_SOCKET_DIR, "/run/containerd"] {
+            let _ = std::fs::remove_dir(d);
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Socket files of this instance's shims, from `<state>/io.containerd.runtime.v2.task/
+    /// <namespace>/<id>/address`; only paths under [`SHIM_SOCKET_DIR`].
+    fn shim_sockets(&self) -> Vec<PathBuf> {
+        let tasks = self.state.join("io.containerd.runtime.v2.task");
+        let mut out = Vec::new();
+        for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            for task in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let Ok(addr) = std::fs::read_to_string(task.path().join("address")) else {
+                    continue;
+                };
+                let path = PathBuf::from(addr.trim().trim_start_matches("unix://"));
+                if path.parent() == Some(Path::new(SHIM_SOCKET_DIR)) {
+                    out.push(path);
+                }
+            }
+        }
+        out
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -266,6 +372,9 @@ impl Drop for Containerd {
         if let Err(e) = self.stop() {
             eprintln!("containerd: {e:#}");
         }
+        if let Err(e) = self.kill_tasks() {
+            eprintln!("containerd: {e:#}");
+        }
         if std::thread::panicking() {
             eprintln!("---- containerd log (tail) ----\n{}", self.log_tail(100));
         }
@@ -283,6 +392,29 @@ impl Drop for Containerd {
             eprintln!("containerd: removing temp dir: {e}");
         }
     }
+}
+
+/// Where containerd 1.6 puts its shims' sockets, whatever its state dir.
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+
+/// Pids of `containerd-shim-runc-v2` processes whose command line mentions `dir`.
+fn shim_pids_mentioning(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let mut args = cmdline.split(|b| *b == 0);
+            let argv0 = String::from_utf8_lossy(args.next()?).into_owned();
+            let is_shim = Path::new(&argv0)
+                .file_name()
+                .is_some_and(|n| n == "containerd-shim-runc-v2");
+            (is_shim && args.any(|a| String::from_utf8_lossy(a).contains(&needle))).then_some(pid)
+        })
+        .collect()
 }
 
 /// Mount points at or below `base`, from /proc/self/mountinfo.
@@ -393,10 +525,18 @@ disabled_plugins = [{disabled}]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   netns_mounts_under_state_dir = true
-  sandbox_image = "127.0.0.1:1/pause:none"
+  sandbox_image = {sandbox_image}
 {cri}
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    SystemdCgroup = false
+    Root = {runc_root}
 
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = {certs}
@@ -413,8 +553,15 @@ disabled_plugins = [{disabled}]
         ttrpc = toml_str(&base.join("containerd.ttrpc.sock")),
         opt = toml_str(&base.join("opt")),
         certs = toml_str(&base.join("certs.d")),
-        cni_bin = toml_str(&base.join("cni/bin")),
-        cni_conf = toml_str(&base.join("cni/net.d")),
+        runc_root = toml_str(&base.join("runc")),
+        sandbox_image = format!(
+            "{:?}",
+            opts.sandbox_image
+                .as_deref()
+                .unwrap_or("127.0.0.1:1/pause:none")
+        ),
+        cni_bin = toml_str(&opts.cni_bin_dir.clone().unwrap_or(base.join("cni/bin"))),
+        cni_conf = toml_str(&opts.cni_conf_dir.clone().unwrap_or(base.join("cni/net.d"))),
     )
 }
 
@@ -438,6 +585,37 @@ mod tests {
         let t = std::fs::read_to_string(d.path().join("_default/hosts.toml")).unwrap();
         assert!(t.contains("[host.\"http://127.0.0.1:1\"]"));
         assert!(write_hosts(d.path(), &["registry-1.docker.io".into()]).is_err());
+    }
+
+    #[test]
+    fn config_names_sandbox_image_cni_dirs_and_a_private_runc_root() {
+        let base = Path::new("/tmp/containerd-e2e-x");
+        let t = config_toml(base, &ContainerdOptions::default());
+        assert!(
+            t.contains("sandbox_image = \"127.0.0.1:1/pause:none\""),
+            "{t}"
+        );
+        assert!(
+            t.contains("bin_dir = \"/tmp/containerd-e2e-x/cni/bin\""),
+            "{t}"
+        );
+        assert!(t.contains("Root = \"/tmp/containerd-e2e-x/runc\""), "{t}");
+        assert!(t.contains("SystemdCgroup = false"), "{t}");
+        let t = config_toml(
+            base,
+            &ContainerdOptions {
+                sandbox_image: Some("127.0.0.1:5000/bench/pause:1".into()),
+                cni_bin_dir: Some("/usr/lib/cni".into()),
+                cni_conf_dir: Some("/tmp/conf".into()),
+                ..Default::default()
+            },
+        );
+        assert!(
+            t.contains("sandbox_image = \"127.0.0.1:5000/bench/pause:1\""),
+            "{t}"
+        );
+        assert!(t.contains("bin_dir = \"/usr/lib/cni\""), "{t}");
+        assert!(t.contains("conf_dir = \"/tmp/conf\""), "{t}");
     }
 
     /// Another host than the configured ones goes to the closed loopback port, never out; and

@@ -275,6 +275,19 @@ impl Node {
         st.status.unwrap().network.unwrap().ip
     }
 
+    /// `sh -c` in the container: exit code, trimmed stdout and stderr.
+    async fn sh(&mut self, id: &str, script: &str) -> (i32, String, String) {
+        let r = self
+            .exec(id, &["sh", "-c", script], 10)
+            .await
+            .expect("ExecSync");
+        (
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout).trim().to_string(),
+            String::from_utf8_lossy(&r.stderr).trim().to_string(),
+        )
+    }
+
     fn log_of(&self, pod: &str, container: &str) -> String {
         std::fs::read_to_string(self.logs.path().join(pod).join(container).join("0.log"))
             .unwrap_or_default()
@@ -966,6 +979,228 @@ fn crash_inside_create_container_leaves_nothing_after_restart() {
         assert_eq!(
             n.wait_exited(&id, Duration::from_secs(20)).await.exit_code,
             0
+        );
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn host_port_reaches_the_pod_through_portmap_on_loopback() {
+    in_node(20, |mut n| async move {
+        let mut cfg = n.pod_config("hostport");
+        cfg.port_mappings = vec![PortMapping {
+            protocol: Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: 18080,
+            host_ip: String::new(),
+        }];
+        let id =
+            n.c.runtime
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(cfg.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .pod_sandbox_id;
+        let pod = (id, cfg);
+        n.run_container(&pod, "web", &["sh", "-c", "mkdir -p /tmp/www && echo via-hostport > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]).await;
+        // This thread is in the node netns: 127.0.0.1 is the node's loopback.
+        let mut body = String::new();
+        for _ in 0..50 {
+            if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:18080") {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                let _ = s.read_to_string(&mut body);
+                if body.contains("via-hostport") {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(body.contains("via-hostport"), "{body:?}");
+        n.remove_pod(&pod.0).await;
+        let nat = n.node.run("iptables-save", &["-t", "nat"]).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&nat.stdout).contains("18080"),
+            "hostPort rules removed with the pod"
+        );
+    });
+}
+
+#[test]
+fn security_context_user_readonly_rootfs_capabilities_and_mounts_apply() {
+    in_node(21, |mut n| async move {
+        let pod = n.run_pod("secure").await;
+        let host_dir = tempfile::tempdir().unwrap();
+        std::fs::write(host_dir.path().join("data.txt"), "from-host\n").unwrap();
+        let link = n.logs.path().join("link-to-data");
+        std::os::unix::fs::symlink(host_dir.path(), &link).unwrap();
+        let mut cfg = n.container_config("locked", &["sleep", "3600"]);
+        cfg.mounts = vec![Mount {
+            container_path: "/data".into(),
+            host_path: link.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        cfg.envs = vec![KeyValue {
+            key: "GREETING".into(),
+            value: "hi".into(),
+        }];
+        cfg.working_dir = "/tmp".into();
+        cfg.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                run_as_user: Some(Int64Value { value: 1000 }),
+                run_as_group: Some(Int64Value { value: 1000 }),
+                readonly_rootfs: true,
+                no_new_privs: true,
+                capabilities: Some(Capability {
+                    drop_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                }),
+                seccomp: Some(SecurityProfile {
+                    profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = n.create(&pod, cfg).await.expect("create");
+        n.start(&id).await;
+        assert_eq!(n.sh(&id, "id -u; id -g").await.1, "1000\n1000");
+        assert_eq!(n.sh(&id, "pwd; echo $GREETING").await.1, "/tmp\nhi");
+        assert_eq!(
+            n.sh(&id, "cat /data/data.txt").await.1,
+            "from-host",
+            "symlinked host path resolved"
+        );
+        assert_ne!(
+            n.sh(&id, "echo x > /data/new").await.0,
+            0,
+            "read-only mount"
+        );
+        assert_ne!(
+            n.sh(&id, "echo x > /rootfs-write").await.0,
+            0,
+            "read-only rootfs"
+        );
+        assert_eq!(
+            n.sh(&id, "grep CapEff /proc/self/status").await.1,
+            "CapEff:\t0000000000000000"
+        );
+        assert_eq!(
+            n.sh(&id, "grep NoNewPrivs /proc/self/status").await.1,
+            "NoNewPrivs:\t1"
+        );
+        assert_eq!(
+            n.sh(&id, "grep Seccomp: /proc/self/status").await.1,
+            "Seccomp:\t2",
+            "seccomp filter on"
+        );
+        assert_eq!(n.sh(&id, "cat /etc/hostname").await.1, "secure");
+        assert_ne!(
+            n.sh(&id, "cat /proc/kcore > /dev/null").await.0,
+            0,
+            "masked path"
+        );
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn reopen_container_log_moves_new_lines_to_a_fresh_file() {
+    in_node(22, |mut n| async move {
+        let pod = n.run_pod("rotate").await;
+        let id = n
+            .run_container(
+                &pod,
+                "ticker",
+                &[
+                    "sh",
+                    "-c",
+                    "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done",
+                ],
+            )
+            .await;
+        let log = n.logs.path().join("rotate/ticker/0.log");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rotated = log.with_extension("log.1");
+        std::fs::rename(&log, &rotated).unwrap();
+        n.c.runtime
+            .reopen_container_log(ReopenContainerLogRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("reopen");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let old_len = std::fs::read_to_string(&rotated).unwrap().lines().count();
+        let fresh = std::fs::read_to_string(&log).expect("a new log file");
+        assert!(
+            old_len > 0 && fresh.lines().count() > 0,
+            "{old_len} {fresh:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap().lines().count(),
+            old_len,
+            "the rotated file no longer grows"
+        );
+        let err =
+            n.c.runtime
+                .reopen_container_log(ReopenContainerLogRequest {
+                    container_id: "nope".into(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        // Filters: by label and state.
+        let list =
+            n.c.runtime
+                .list_pod_sandbox(ListPodSandboxRequest {
+                    filter: Some(PodSandboxFilter {
+                        label_selector: HashMap::from([("app".into(), "rotate".into())]),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(list.items.len(), 1);
+        let none =
+            n.c.runtime
+                .list_pod_sandbox(ListPodSandboxRequest {
+                    filter: Some(PodSandboxFilter {
+                        label_selector: HashMap::from([("app".into(), "other".into())]),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(none.items.is_empty());
+        let running =
+            n.c.runtime
+                .list_containers(ListContainersRequest {
+                    filter: Some(ContainerFilter {
+                        state: Some(ContainerStateValue {
+                            state: ContainerState::ContainerRunning as i32,
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(
+            running
+                .containers
+                .iter()
+                .map(|c| c.id.clone())
+                .collect::<Vec<_>>(),
+            vec![id.clone()]
         );
         n.remove_pod(&pod.0).await;
     });
