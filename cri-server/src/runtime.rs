@@ -362,6 +362,7 @@ impl Runtime {
         for name in names(&self.paths.state.join("pods")) {
             if !pods.contains(&name) {
                 let dir = self.paths.pod_dir(&name);
+                crate::sandbox::monitor::kill_pause(&dir, None);
                 crate::sandbox::monitor::shutdown(&dir).await;
                 crate::sandbox::files::unmount_shm(&dir);
                 let _ = std::fs::remove_dir_all(&dir);

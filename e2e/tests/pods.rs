@@ -135,8 +135,16 @@ impl Node {
             hostname: name.into(),
             log_directory: self.logs.path().join(name).display().to_string(),
             labels: HashMap::from([("app".to_string(), name.to_string())]),
+            // As the kubelet sends it for a pod without shareProcessNamespace.
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        pid: NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1203,5 +1211,84 @@ fn reopen_container_log_moves_new_lines_to_a_fresh_file() {
             vec![id.clone()]
         );
         n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn shared_process_namespace_pod_sees_all_its_processes_and_stop_ends_them() {
+    in_node(23, |mut n| async move {
+        let mut cfg = n.pod_config("sharepid");
+        cfg.linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options
+            .as_mut()
+            .unwrap()
+            .pid = NamespaceMode::Pod as i32;
+        let id =
+            n.c.runtime
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(cfg.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .pod_sandbox_id;
+        let pod = (id, cfg);
+        // The kubelet marks each container of such a pod as joining the pod's PID namespace.
+        let mut ids = Vec::new();
+        for (name, arg) in [("a", "3601"), ("b", "3602")] {
+            let mut c = n.container_config(name, &["sleep", arg]);
+            c.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        pid: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let id = n.create(&pod, c).await.expect("create");
+            n.start(&id).await;
+            ids.push(id);
+        }
+        let b = ids[1].clone();
+        let (code, ps, _) = n.sh(&b, "ps -o pid,args").await;
+        assert_eq!(code, 0);
+        assert!(
+            ps.contains("sleep 3601") && ps.contains("sleep 3602"),
+            "one PID namespace: {ps}"
+        );
+        let pid1 = ps
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("1"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            pid1.contains("cri-monitor pause"),
+            "PID 1 is the pod's infra process: {ps}"
+        );
+        // A pod without sharing keeps its containers apart.
+        let solo = n.run_pod("solo").await;
+        let c = n.run_container(&solo, "c", &["sleep", "3603"]).await;
+        n.run_container(&solo, "d", &["sleep", "3604"]).await;
+        let (_, ps, _) = n.sh(&c, "ps -o args").await;
+        assert!(
+            ps.contains("sleep 3603") && !ps.contains("sleep 3604"),
+            "{ps}"
+        );
+        n.remove_pod(&pod.0).await;
+        n.remove_pod(&solo.0).await;
+        assert_eq!(
+            processes_mentioning("pause --pid-file"),
+            0,
+            "the infra process is gone"
+        );
+        assert_eq!(processes_mentioning("sleep 360"), 0);
     });
 }

@@ -3,6 +3,7 @@
 //! exits 1). The daemon then lives on, reparented, whatever happens to its caller.
 
 mod daemon;
+mod pause;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -15,6 +16,7 @@ use nix::unistd::{ForkResult, fork, pipe2};
 
 const USAGE: &str = "\
 usage: cri-monitor --sandbox-id ID --dir DIR --runtime-root RUNROOT
+       cri-monitor pause --pid-file FILE
 
 Per-pod monitor: holds container stdio, writes CRI-format logs and records exit codes.
 Binds DIR/monitor.sock (one JSON request per line), writes DIR/monitor.pid and logs to
@@ -24,13 +26,27 @@ DIR/monitor.log. Exits 0 once the daemon it forks is ready; the daemon keeps run
   --dir DIR              the pod's state dir (must exist)
   --runtime-root RUNROOT the OCI runtime's --root
   --help                 this text
+
+`pause` starts the PID 1 of a pod-wide PID namespace (named cri-pause), writes its pid to
+FILE and exits.
 ";
 
 /// The byte the daemon sends its parent when it is ready.
 const READY: u8 = b'R';
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args_os().skip(1)) {
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "pause") {
+        let rest: Vec<OsString> = args.skip(1).collect();
+        return match rest.as_slice() {
+            [flag, file] if flag == "--pid-file" => pause::run(std::path::Path::new(file)),
+            _ => {
+                eprintln!("usage: cri-monitor pause --pid-file FILE");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match parse_args(args) {
         Ok(Some(config)) => config,
         Ok(None) => {
             print!("{USAGE}");

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// File name of the monitor's socket inside the pod state dir.
 pub const SOCKET_NAME: &str = "monitor.sock";
+/// The comm name of a pod's PID 1 (`cri-monitor pause`), to tell it from a reused pid.
+pub const PAUSE_COMM: &str = "cri-pause";
 /// File name of the monitor's pid file inside the pod state dir.
 pub const PID_FILE_NAME: &str = "monitor.pid";
 /// File name of the monitor's own diagnostic log inside the pod state dir.

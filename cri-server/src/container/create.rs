@@ -176,7 +176,7 @@ impl Runtime {
                 net: sb.pins.net.clone(),
                 ipc: sb.pins.ipc.clone(),
                 uts: sb.pins.uts.clone(),
-                pid: None,
+                pid: sb.pid_namespace(),
                 host_network: sb.host_network,
                 host_ipc: sb.host_ipc,
                 host_pid: sb.host_pid,

@@ -35,9 +35,19 @@ pub struct SandboxRecord {
     pub host_network: bool,
     pub host_ipc: bool,
     pub host_pid: bool,
+    /// The PID 1 holding a pod-wide PID namespace, when the pod shares one.
+    #[serde(default)]
+    pub infra_pid: Option<i32>,
 }
 
 impl SandboxRecord {
+    /// The pod-wide PID namespace containers join, while its PID 1 lives.
+    pub fn pid_namespace(&self) -> Option<PathBuf> {
+        self.infra_pid
+            .filter(|p| monitor::is_pause(*p))
+            .map(|p| PathBuf::from(format!("/proc/{p}/ns/pid")))
+    }
+
     pub fn monitor_socket(&self) -> PathBuf {
         self.dir.join("monitor.sock")
     }

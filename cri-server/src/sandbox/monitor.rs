@@ -111,3 +111,50 @@ fn is_monitor(pid: nix::unistd::Pid) -> bool {
 pub fn alive(dir: &Path) -> bool {
     launch::read_pid(dir).is_ok_and(|pid| is_monitor(nix::unistd::Pid::from_raw(pid)))
 }
+
+/// Starts the PID 1 of a pod-wide PID namespace; returns its pid.
+pub async fn start_pause(binary: &Path, dir: &Path) -> std::io::Result<i32> {
+    let pid_file = dir.join("pause.pid");
+    let out = tokio::process::Command::new(binary)
+        .arg("pause")
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{} pause: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    std::fs::read_to_string(&pid_file)?
+        .trim()
+        .parse::<i32>()
+        .map_err(std::io::Error::other)
+}
+
+/// Is `pid` a pod's PID 1 (not a reused pid)?
+pub fn is_pause(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim() == cri_monitor::protocol::PAUSE_COMM)
+        .unwrap_or(false)
+}
+
+/// Kills a pod's PID 1 (as recorded, or as its pid file in the pod dir says: a crash may
+/// come between the two), which ends every process left in its PID namespace.
+pub fn kill_pause(dir: &Path, recorded: Option<i32>) {
+    let from_file = std::fs::read_to_string(dir.join("pause.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    for pid in [recorded, from_file]
+        .into_iter()
+        .flatten()
+        .filter(|p| is_pause(*p))
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}

@@ -37,12 +37,6 @@ impl Runtime {
         let host_network = ns.network == NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == NamespaceMode::Node as i32;
         let host_pid = ns.pid == NamespaceMode::Node as i32;
-        if ns.pid == NamespaceMode::Pod as i32 {
-            // A pod-wide PID namespace needs an infra process to hold it; not built yet.
-            warn!(
-                "pod-shared PID namespace requested: containers get their own PID namespaces for now"
-            );
-        }
         let id = new_id();
         tracing::Span::current().record("pod", format!("{}/{}", meta.namespace, meta.name));
         let mut rec = SandboxRecord {
@@ -63,6 +57,7 @@ impl Runtime {
             host_network,
             host_ipc,
             host_pid,
+            infra_pid: None,
             config,
         };
         let lock = self.pod_lock(&id);
@@ -138,6 +133,22 @@ impl Runtime {
         self.save_sandbox(rec)?;
         crate::failpoint::hit("sandbox-after-namespaces");
 
+        // A pod-wide PID namespace gets a PID 1 of ours to hold it.
+        let pid_mode = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .map(|o| o.pid)
+            .unwrap_or_default();
+        if pid_mode == NamespaceMode::Pod as i32 {
+            let pid = crate::sandbox::monitor::start_pause(&self.monitor_binary, &rec.dir)
+                .await
+                .map_err(|e| RuntimeError::internal("start the pod's PID 1", e))?;
+            rec.infra_pid = Some(pid);
+            self.save_sandbox(rec)?;
+        }
         crate::sandbox::monitor::start(
             &self.monitor_binary,
             &rec.id,
@@ -197,6 +208,7 @@ impl Runtime {
             warn!(pod = %rec.id, error = %e, "CNI DEL failed during teardown");
         }
         namespaces::remove(&rec.pins);
+        crate::sandbox::monitor::kill_pause(&rec.dir, rec.infra_pid);
         crate::sandbox::monitor::shutdown(&rec.dir).await;
         files::unmount_shm(&rec.dir);
         let _ = std::fs::remove_dir_all(&rec.dir);

@@ -30,6 +30,7 @@ impl Runtime {
                 .map_err(|e| RuntimeError::internal("tear down pod network (CNI DEL)", e))?;
         }
         namespaces::remove(&rec.pins);
+        crate::sandbox::monitor::kill_pause(&rec.dir, rec.infra_pid);
         if rec.phase != Phase::NotReady {
             rec.phase = Phase::NotReady;
             self.save_sandbox(&rec)?;
