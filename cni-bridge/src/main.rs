@@ -1,16 +1,30 @@
-//! cni-bridge: a CNI plugin wiring pod netns to a Linux bridge (issue 4).
-//!
-//! Not built yet. It answers every CNI command with the spec's error JSON so a runtime that
-//! execs it fails clearly instead of believing a network was set up.
+//! cni-bridge: the CNI plugin binary. Reads `CNI_*` and the configuration on stdin, prints
+//! the result (or the spec's error JSON) on stdout; logs go to stderr only.
+
+use std::io::{Read, Write};
 
 fn main() {
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    // CNI error code 4 means "invalid environment variables"; the closest honest code for
-    // "this plugin cannot do anything yet" in the spec's reserved range is a plugin-specific
-    // code (>= 100).
-    println!(
-        "{{\"cniVersion\":\"1.1.0\",\"code\":100,\"msg\":\"cni-bridge is not implemented yet\",\"details\":\"command {command:?} refused\"}}"
-    );
-    eprintln!("cni-bridge: not implemented yet (command {command:?})");
-    std::process::exit(1);
+    let mut stdin = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        eprintln!("cni-bridge: read stdin: {e}");
+    }
+    let outcome = cni_bridge::command::run(|k| std::env::var(k).ok(), &stdin);
+    let mut out = std::io::stdout().lock();
+    match outcome.output {
+        Ok(Some(v)) => {
+            let _ = writeln!(out, "{v}");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
+            let id = std::env::var("CNI_CONTAINERID").unwrap_or_default();
+            eprintln!(
+                "cni-bridge: command={cmd} container={id} code={} error={e}",
+                e.code()
+            );
+            let _ = writeln!(out, "{}", e.to_json(&outcome.cni_version));
+            let _ = out.flush();
+            std::process::exit(1);
+        }
+    }
 }

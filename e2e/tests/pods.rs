@@ -35,6 +35,15 @@ where
     F: FnOnce(Node) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
+    in_node_with(subnet, false, body)
+}
+
+/// `ours`: the pod network comes from our `cni-bridge` instead of the reference `bridge`.
+fn in_node_with<F, Fut>(subnet: u8, ours: bool, body: F)
+where
+    F: FnOnce(Node) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let node = NodeNetns::new().expect("node netns");
     node.enter().expect("enter node netns");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -45,27 +54,89 @@ where
     rt.block_on(async move {
         let registry = Registry::start().expect("registry");
         let pusher = Pusher::for_registry(&registry).unwrap();
-        let layer = images::build_layer(&images::busybox_base_entries().unwrap(), images::Compression::Gzip).unwrap();
-        let spec = images::ImageSpec { cmd: Some(vec!["sh".into()]), ..images::ImageSpec::new(vec![layer]) };
-        pusher.push_image("test/busybox", Some("latest"), &spec).await.unwrap();
+        let layer = images::build_layer(
+            &images::busybox_base_entries().unwrap(),
+            images::Compression::Gzip,
+        )
+        .unwrap();
+        let spec = images::ImageSpec {
+            cmd: Some(vec!["sh".into()]),
+            ..images::ImageSpec::new(vec![layer])
+        };
+        pusher
+            .push_image("test/busybox", Some("latest"), &spec)
+            .await
+            .unwrap();
         let busybox = format!("{}/test/busybox:latest", registry.addr());
 
         let conf = tempfile::tempdir().unwrap().keep();
         let bridge = format!("e2ebr{subnet}");
         let subnet_cidr = format!("10.231.{subnet}.0/24");
-        write_reference_conflist(&conf.join("net.d"), &bridge, &subnet_cidr, &conf.join("ipam")).unwrap();
+        write_reference_conflist(
+            &conf.join("net.d"),
+            &bridge,
+            &subnet_cidr,
+            &conf.join("ipam"),
+        )
+        .unwrap();
+        let mut bin_dirs = vec!["/usr/lib/cni".to_string()];
+        if ours {
+            let path = conf.join("net.d/10-e2e.conflist");
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("\"type\": \"bridge\"", "\"type\": \"cni-bridge\"");
+            assert!(text.contains("cni-bridge"));
+            std::fs::write(&path, text).unwrap();
+            bin_dirs.insert(
+                0,
+                e2e::daemon::bin_path("cni-bridge")
+                    .parent()
+                    .unwrap()
+                    .display()
+                    .to_string(),
+            );
+        }
         // The bridge plugin turns on forwarding in the node netns: nothing from the pod subnet
         // may leave through anything but its bridge.
-        let out = node.run("iptables", &["-A", "FORWARD", "-s", &subnet_cidr, "!", "-o", &bridge, "-j", "DROP"]).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = node
+            .run(
+                "iptables",
+                &[
+                    "-A",
+                    "FORWARD",
+                    "-s",
+                    &subnet_cidr,
+                    "!",
+                    "-o",
+                    &bridge,
+                    "-j",
+                    "DROP",
+                ],
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let server = CriServer::start(&format!(
-            "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+            "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = {:?}\n",
             registry.addr(),
-            conf.join("net.d")
+            conf.join("net.d"),
+            bin_dirs
         ))
         .expect("cri-server");
         let mut c = server.clients().await.unwrap();
-        c.image.pull_image(PullImageRequest { image: Some(ImageSpec { image: busybox.clone(), ..Default::default() }), ..Default::default() }).await.expect("pull busybox");
+        c.image
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: busybox.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull busybox");
         let cgroup_parent = format!("/cri-e2e-{}", &e2e_id()[..10]);
         // Removed after the node (and its containers) are gone, even when the body panics.
         let _cgroups = CgroupParentGuard(cgroup_parent.clone());
@@ -1290,5 +1361,35 @@ fn shared_process_namespace_pod_sees_all_its_processes_and_stop_ends_them() {
             "the infra process is gone"
         );
         assert_eq!(processes_mentioning("sleep 360"), 0);
+    });
+}
+
+#[test]
+fn pods_network_through_our_cni_bridge_unchanged() {
+    in_node_with(24, true, |mut n| async move {
+        let a = n.run_pod("br-a").await;
+        let b = n.run_pod("br-b").await;
+        let ip_a = n.pod_ip(&a.0).await;
+        assert!(ip_a.starts_with(&n.subnet_prefix), "{ip_a}");
+        n.run_container(&a, "web", &["sh", "-c", "mkdir -p /tmp/www && echo via-cni-bridge > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]).await;
+        let client = n.run_container(&b, "client", &["sleep", "3600"]).await;
+        let mut got = (1, String::new(), String::new());
+        for _ in 0..50 {
+            got = n
+                .sh(&client, &format!("wget -qO- http://{ip_a}:8080/"))
+                .await;
+            if got.0 == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!((got.0, got.1.as_str()), (0, "via-cni-bridge"), "{got:?}");
+        n.remove_pod(&a.0).await;
+        n.remove_pod(&b.0).await;
+        assert_eq!(
+            allocated_ips(&n.ipam_dir),
+            Vec::<String>::new(),
+            "IPs released through our plugin"
+        );
     });
 }

@@ -1,0 +1,274 @@
+//! Links: bridges, veth pairs, bridge ports and their VLANs.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_route::link::{
+    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
+    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::socket::{CREATE_EXCL, Netlink, Result};
+
+/// What we read back about a link.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub up: bool,
+    pub promisc: bool,
+    pub master: Option<u32>,
+    pub kind: Option<String>,
+    pub alias: Option<String>,
+    pub hairpin: Option<bool>,
+    pub vlan_filtering: Option<bool>,
+}
+
+impl Link {
+    fn from_message(msg: LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            ..Link::default()
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n,
+                LinkAttribute::Address(a) => link.mac = a,
+                LinkAttribute::Mtu(m) => link.mtu = m,
+                LinkAttribute::Controller(m) => link.master = Some(m),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                                for p in port {
+                                    if let InfoBridgePort::HairpinMode(h) = p {
+                                        link.hairpin = Some(h);
+                                    }
+                                }
+                            }
+                            LinkInfo::Data(InfoData::Bridge(br)) => {
+                                for b in br {
+                                    if let InfoBridge::VlanFiltering(v) = b {
+                                        link.vlan_filtering = Some(v);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+fn message(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes = attributes;
+    msg
+}
+
+/// Looks a link up by name; `None` when there is no such link.
+pub fn by_name(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
+    let msg = message(0, vec![LinkAttribute::IfName(name.to_string())]);
+    match nl.get(RouteNetlinkMessage::GetLink(msg)) {
+        Ok(RouteNetlinkMessage::NewLink(m)) => Ok(Some(Link::from_message(m))),
+        Ok(_) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Looks a link up by index; `None` when there is no such link.
+pub fn by_index(nl: &mut Netlink, index: u32) -> Result<Option<Link>> {
+    match nl.get(RouteNetlinkMessage::GetLink(message(index, vec![]))) {
+        Ok(RouteNetlinkMessage::NewLink(m)) => Ok(Some(Link::from_message(m))),
+        Ok(_) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every link of the namespace.
+pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
+    Ok(nl
+        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(m) => Some(Link::from_message(m)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Creates a bridge, up. Fails with EEXIST when the name is taken.
+pub fn create_bridge(
+    nl: &mut Netlink,
+    name: &str,
+    mtu: Option<u32>,
+    vlan_filtering: bool,
+    promisc: bool,
+) -> Result<()> {
+    let mut data = Vec::new();
+    if vlan_filtering {
+        data.push(InfoBridge::VlanFiltering(true));
+    }
+    let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+    if !data.is_empty() {
+        info.push(LinkInfo::Data(InfoData::Bridge(data)));
+    }
+    let mut attrs = vec![
+        LinkAttribute::IfName(name.to_string()),
+        LinkAttribute::LinkInfo(info),
+    ];
+    if let Some(mtu) = mtu {
+        attrs.push(LinkAttribute::Mtu(mtu));
+    }
+    let mut msg = message(0, attrs);
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    if promisc {
+        msg.header.flags |= LinkFlags::Promisc;
+        msg.header.change_mask |= LinkFlags::Promisc;
+    }
+    nl.request(RouteNetlinkMessage::NewLink(msg), CREATE_EXCL)
+}
+
+/// Turns VLAN filtering on for an existing bridge.
+pub fn set_vlan_filtering(nl: &mut Netlink, index: u32) -> Result<()> {
+    let info = vec![
+        LinkInfo::Kind(InfoKind::Bridge),
+        LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)])),
+    ];
+    nl.request(
+        RouteNetlinkMessage::NewLink(message(index, vec![LinkAttribute::LinkInfo(info)])),
+        0,
+    )
+}
+
+/// Sets IFF_UP and, optionally, IFF_PROMISC on a link.
+pub fn set_flags(nl: &mut Netlink, index: u32, up: bool, promisc: Option<bool>) -> Result<()> {
+    let mut msg = message(index, vec![]);
+    msg.header.change_mask = LinkFlags::Up;
+    if up {
+        msg.header.flags = LinkFlags::Up;
+    }
+    if let Some(p) = promisc {
+        msg.header.change_mask |= LinkFlags::Promisc;
+        if p {
+            msg.header.flags |= LinkFlags::Promisc;
+        }
+    }
+    nl.request(RouteNetlinkMessage::SetLink(msg), 0)
+}
+
+/// Sets a link's hardware address.
+pub fn set_mac(nl: &mut Netlink, index: u32, mac: &[u8]) -> Result<()> {
+    let msg = message(index, vec![LinkAttribute::Address(mac.to_vec())]);
+    nl.request(RouteNetlinkMessage::SetLink(msg), 0)
+}
+
+/// The veth pair to create: host end in the caller's namespace, peer in `peer_netns`.
+pub struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub peer_name: &'a str,
+    pub peer_netns: BorrowedFd<'a>,
+    pub master: u32,
+    pub mtu: Option<u32>,
+    pub peer_mac: Option<[u8; 6]>,
+}
+
+/// Creates a veth pair in one request: host end attached to `master` and up, peer created
+/// directly inside the pod namespace (down).
+pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<()> {
+    let mut peer_attrs = vec![
+        LinkAttribute::IfName(spec.peer_name.to_string()),
+        LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()),
+    ];
+    if let Some(mtu) = spec.mtu {
+        peer_attrs.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = spec.peer_mac {
+        peer_attrs.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    // The peer is brought up from inside the pod: asking for IFF_UP on a peer created in
+    // another namespace fails with ENOTCONN on recent kernels.
+    let peer = message(0, peer_attrs);
+
+    let mut attrs = vec![
+        LinkAttribute::IfName(spec.host_name.to_string()),
+        LinkAttribute::Controller(spec.master),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]),
+    ];
+    if let Some(mtu) = spec.mtu {
+        attrs.push(LinkAttribute::Mtu(mtu));
+    }
+    let mut msg = message(0, attrs);
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    nl.request(RouteNetlinkMessage::NewLink(msg), CREATE_EXCL)
+}
+
+/// Labels a bridge port with an alias (our ownership mark) and sets its hairpin mode.
+pub fn set_port(nl: &mut Netlink, index: u32, alias: &str, hairpin: bool) -> Result<()> {
+    let msg = message(
+        index,
+        vec![
+            LinkAttribute::IfAlias(alias.to_string()),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    hairpin,
+                )])),
+            ]),
+        ],
+    );
+    nl.request(RouteNetlinkMessage::NewLink(msg), 0)
+}
+
+fn vlan_message(index: u32, vid: u16, flags: BridgeVlanInfoFlags, on_self: bool) -> LinkMessage {
+    let mut spec = Vec::new();
+    if on_self {
+        spec.push(AfSpecBridge::Flags(BridgeFlag::LowerDev));
+    }
+    spec.push(AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid }));
+    let mut msg = message(index, vec![LinkAttribute::AfSpecBridge(spec)]);
+    msg.header.interface_family = AddressFamily::Bridge;
+    msg
+}
+
+/// Makes `vid` the untagged PVID of a bridge port (or of the bridge itself with `on_self`) and
+/// removes the default VLAN 1 from it.
+pub fn set_access_vlan(nl: &mut Netlink, index: u32, vid: u16, on_self: bool) -> Result<()> {
+    let flags = BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged;
+    nl.request(
+        RouteNetlinkMessage::SetLink(vlan_message(index, vid, flags, on_self)),
+        0,
+    )?;
+    if vid != 1 {
+        let del = vlan_message(index, 1, BridgeVlanInfoFlags::empty(), on_self);
+        match nl.request(RouteNetlinkMessage::DelLink(del), 0) {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a link (a veth deletes its peer with it).
+pub fn delete(nl: &mut Netlink, index: u32) -> Result<()> {
+    nl.request(RouteNetlinkMessage::DelLink(message(index, vec![])), 0)
+}
