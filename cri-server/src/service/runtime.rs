@@ -33,6 +33,23 @@ const STREAMING: &str = "streaming, stats and events: issue #5";
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
+impl RuntimeServiceImpl {
+    /// The configured handlers, and the default one under the empty name as the kubelet
+    /// expects. User namespaces and recursive read-only mounts are not offered yet.
+    fn handlers(&self) -> Vec<RuntimeHandler> {
+        let features = Some(RuntimeHandlerFeatures {
+            recursive_read_only_mounts: false,
+            user_namespaces: false,
+        });
+        let mut names: Vec<String> = self.runtime.handlers.keys().cloned().collect();
+        names.sort();
+        std::iter::once(String::new())
+            .chain(names)
+            .map(|name| RuntimeHandler { name, features })
+            .collect()
+    }
+}
+
 #[tonic::async_trait]
 impl RuntimeService for RuntimeServiceImpl {
     async fn version(
@@ -83,7 +100,7 @@ impl RuntimeService for RuntimeServiceImpl {
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![],
+            runtime_handlers: self.handlers(),
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: false,
             }),
