@@ -53,6 +53,11 @@ conf_dir = "/etc/cni/net.d"
 # Where plugin binaries are looked up, in order.
 bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 
+[cdi]
+# Where CDI spec files (JSON or YAML) are read when a container asks for CDI devices; a later
+# dir overrides an earlier one.
+spec_dirs = ["/etc/cdi", "/var/run/cdi"]
+
 [runtime]
 # The OCI runtime handler used when a pod names none.
 default_handler = "runc"
@@ -76,7 +81,22 @@ pub struct Config {
     pub image: ImageConfig,
     pub registry: RegistryConfig,
     pub cni: CniConfig,
+    pub cdi: CdiConfig,
     pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdiConfig {
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        Self {
+            spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +189,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             registry: RegistryConfig::default(),
             cni: CniConfig::default(),
+            cdi: CdiConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }

@@ -88,6 +88,7 @@ pub struct Runtime {
     pub handlers: HashMap<String, PathBuf>,
     pub default_handler: String,
     pub monitor_binary: PathBuf,
+    pub cdi_dirs: Vec<PathBuf>,
     /// False where CAP_SYS_RESOURCE is missing: oom_score_adj is never lowered.
     pub can_lower_oom_score: bool,
     pub(crate) sandboxes: RwLock<HashMap<String, SandboxRecord>>,
@@ -155,6 +156,7 @@ impl Runtime {
             handlers,
             default_handler: config.runtime.default_handler.clone(),
             monitor_binary,
+            cdi_dirs: config.cdi.spec_dirs.clone(),
             can_lower_oom_score,
             sandboxes: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),

@@ -26,6 +26,7 @@ struct Node {
     cgroup_parent: String,
     subnet_prefix: String,
     ipam_dir: PathBuf,
+    cdi_dir: PathBuf,
     node: NodeNetns,
 }
 
@@ -120,10 +121,11 @@ where
             String::from_utf8_lossy(&out.stderr)
         );
         let server = CriServer::start(&format!(
-            "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = {:?}\n",
+            "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = {:?}\n[cdi]\nspec_dirs = [{:?}]\n",
             registry.addr(),
             conf.join("net.d"),
-            bin_dirs
+            bin_dirs,
+            conf.join("cdi")
         ))
         .expect("cri-server");
         let mut c = server.clients().await.unwrap();
@@ -149,6 +151,7 @@ where
             cgroup_parent: cgroup_parent.clone(),
             subnet_prefix: format!("10.231.{subnet}."),
             ipam_dir: conf.join("ipam"),
+            cdi_dir: conf.join("cdi"),
             node,
         };
         let _conf = RemoveDir(conf);
@@ -1458,6 +1461,110 @@ fn runtime_handler_crun_runs_its_pods_containers_with_crun() {
                 );
             }
         }
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn devices_reach_the_container_from_the_device_list_and_through_cdi() {
+    in_node(26, |mut n| async move {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        let devdir = tempfile::tempdir().unwrap();
+        let null_like = devdir.path().join("fake-null");
+        let zero_like = devdir.path().join("fake-zero");
+        mknod(
+            &null_like,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, 3),
+        )
+        .unwrap();
+        mknod(
+            &zero_like,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, 5),
+        )
+        .unwrap();
+        std::fs::write(devdir.path().join("info.txt"), "fake driver 1.0\n").unwrap();
+        std::fs::create_dir_all(&n.cdi_dir).unwrap();
+        let spec = serde_json::json!({
+            "cdiVersion": "0.6.0",
+            "kind": "example.com/fake",
+            "devices": [{
+                "name": "zero0",
+                "containerEdits": {
+                    "env": ["FAKE_DEVICE=zero0"],
+                    "deviceNodes": [{ "path": "/dev/fake-zero", "hostPath": zero_like }],
+                    "mounts": [{ "hostPath": devdir.path().join("info.txt"), "containerPath": "/etc/fake-info", "options": ["ro", "bind"] }]
+                }
+            }]
+        });
+        std::fs::write(
+            n.cdi_dir.join("fake.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        let pod = n.run_pod("devices").await;
+
+        let mut cfg = n.container_config("gpu-ish", &["sleep", "3600"]);
+        cfg.devices = vec![Device {
+            container_path: "/dev/plain-null".into(),
+            host_path: null_like.display().to_string(),
+            permissions: "rwm".into(),
+        }];
+        cfg.cdi_devices = vec![CdiDevice {
+            name: "example.com/fake=zero0".into(),
+        }];
+        let id = n.create(&pod, cfg).await.expect("create with devices");
+        n.start(&id).await;
+        assert_eq!(
+            n.sh(&id, "echo hi > /dev/plain-null && echo written")
+                .await
+                .1,
+            "written",
+            "device list node usable"
+        );
+        assert_eq!(
+            n.sh(&id, "head -c 5 /dev/fake-zero | wc -c").await.1,
+            "5",
+            "CDI device node usable"
+        );
+        assert_eq!(
+            n.sh(&id, "echo $FAKE_DEVICE; cat /etc/fake-info").await.1,
+            "zero0\nfake driver 1.0"
+        );
+
+        // The device plugin's annotation form.
+        let mut cfg = n.container_config("annotated", &["sleep", "3600"]);
+        cfg.annotations.insert(
+            "cdi.k8s.io/fake-plugin".into(),
+            "example.com/fake=zero0".into(),
+        );
+        let id2 = n
+            .create(&pod, cfg)
+            .await
+            .expect("create with a CDI annotation");
+        n.start(&id2).await;
+        assert_eq!(n.sh(&id2, "echo $FAKE_DEVICE").await.1, "zero0");
+
+        // An unknown name fails the create clearly and leaves nothing.
+        let bundles_before = count(&n.server.dir.path().join("state/bundles"));
+        let mut cfg = n.container_config("unknown", &["true"]);
+        cfg.cdi_devices = vec![CdiDevice {
+            name: "example.com/fake=nope".into(),
+        }];
+        let err = n.create(&pod, cfg).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("example.com/fake=nope"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(
+            count(&n.server.dir.path().join("state/bundles")),
+            bundles_before
+        );
         n.remove_pod(&pod.0).await;
     });
 }

@@ -195,10 +195,15 @@ impl Runtime {
             can_lower_oom_score: self.can_lower_oom_score,
             seccomp_profile_root: Path::new(SECCOMP_ROOT),
         };
-        let spec = spec::build(&input).map_err(|e| match e {
+        let spec_error = |e: spec::SpecError| match e {
             spec::SpecError::InvalidArgument(m) => RuntimeError::InvalidArgument(m),
             other => RuntimeError::InvalidArgument(other.to_string()),
-        })?;
+        };
+        let mut spec = spec::build(&input).map_err(spec_error)?;
+        // Devices named through CDI (device plugins, DRA) bring their own edits.
+        let cdi_names = spec::cdi::requested_names(&rec.config);
+        let edits = spec::cdi::resolve(&self.cdi_dirs, &cdi_names).map_err(spec_error)?;
+        spec::cdi::apply(&mut spec, &edits).map_err(spec_error)?;
         let config_json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| RuntimeError::internal("encode OCI spec", e))?;
         crate::store::write_atomic(&rec.bundle.join("config.json"), &config_json)

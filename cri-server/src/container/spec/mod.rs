@@ -5,6 +5,7 @@
 //! mount sources, seccomp profiles and a few host facts (cgroup mode, capabilities, kernel).
 
 mod capabilities;
+pub mod cdi;
 mod devices;
 mod host;
 mod mounts;
