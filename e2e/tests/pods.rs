@@ -1153,6 +1153,14 @@ fn security_context_user_readonly_rootfs_capabilities_and_mounts_apply() {
         let id = n.create(&pod, cfg).await.expect("create");
         n.start(&id).await;
         assert_eq!(n.sh(&id, "id -u; id -g").await.1, "1000\n1000");
+        let user = n
+            .status(&id)
+            .await
+            .user
+            .and_then(|u| u.linux)
+            .expect("ContainerStatus.user");
+        assert_eq!((user.uid, user.gid), (1000, 1000));
+        assert!(user.supplemental_groups.contains(&1000), "{user:?}");
         assert_eq!(n.sh(&id, "pwd; echo $GREETING").await.1, "/tmp\nhi");
         assert_eq!(
             n.sh(&id, "cat /data/data.txt").await.1,

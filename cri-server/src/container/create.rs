@@ -94,6 +94,7 @@ impl Runtime {
             bundle: self.paths.bundle(&id),
             data_dir: self.paths.container_data(&id),
             log_path,
+            user: None,
             config,
         };
         self.save_container(&rec)?;
@@ -204,6 +205,13 @@ impl Runtime {
         let cdi_names = spec::cdi::requested_names(&rec.config);
         let edits = spec::cdi::resolve(&self.cdi_dirs, &cdi_names).map_err(spec_error)?;
         spec::cdi::apply(&mut spec, &edits).map_err(spec_error)?;
+        if let Some(u) = spec.process().as_ref().map(|p| p.user()) {
+            rec.user = Some((
+                u.uid(),
+                u.gid(),
+                u.additional_gids().clone().unwrap_or_default(),
+            ));
+        }
         let config_json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| RuntimeError::internal("encode OCI spec", e))?;
         crate::store::write_atomic(&rec.bundle.join("config.json"), &config_json)

@@ -35,6 +35,9 @@ pub struct ContainerRecord {
     /// Upper and work dirs of the rootfs overlay.
     pub data_dir: PathBuf,
     pub log_path: Option<PathBuf>,
+    /// The identity the init process runs with (uid, gid, all groups), for ContainerStatus.
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
 }
 
 impl ContainerRecord {

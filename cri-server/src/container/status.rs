@@ -58,7 +58,16 @@ impl ContainerRecord {
                 .unwrap_or_default(),
             resources: None,
             image_id: self.image_id.clone(),
-            user: None,
+            user: self
+                .user
+                .as_ref()
+                .map(|(uid, gid, groups)| k8s_cri::v1::ContainerUser {
+                    linux: Some(k8s_cri::v1::LinuxContainerUser {
+                        uid: *uid as i64,
+                        gid: *gid as i64,
+                        supplemental_groups: groups.iter().map(|g| *g as i64).collect(),
+                    }),
+                }),
         }
     }
 

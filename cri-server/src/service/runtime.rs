@@ -101,8 +101,9 @@ impl RuntimeService for RuntimeServiceImpl {
             status: Some(RuntimeStatus { conditions }),
             info,
             runtime_handlers: self.handlers(),
+            // Merge and Strict are both applied, and ContainerStatus reports the groups.
             features: Some(RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         }))
     }
