@@ -89,6 +89,8 @@ pub struct Runtime {
     pub default_handler: String,
     pub monitor_binary: PathBuf,
     pub cdi_dirs: Vec<PathBuf>,
+    /// The node's pod CIDR(s) from UpdateRuntimeConfig, offered to CNI as `ipRanges`.
+    pub pod_cidr: RwLock<String>,
     /// False where CAP_SYS_RESOURCE is missing: oom_score_adj is never lowered.
     pub can_lower_oom_score: bool,
     pub(crate) sandboxes: RwLock<HashMap<String, SandboxRecord>>,
@@ -157,6 +159,7 @@ impl Runtime {
             default_handler: config.runtime.default_handler.clone(),
             monitor_binary,
             cdi_dirs: config.cdi.spec_dirs.clone(),
+            pod_cidr: RwLock::new(String::new()),
             can_lower_oom_score,
             sandboxes: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),

@@ -1576,3 +1576,76 @@ fn devices_reach_the_container_from_the_device_list_and_through_cdi() {
         n.remove_pod(&pod.0).await;
     });
 }
+
+#[test]
+fn update_container_resources_changes_the_cgroup() {
+    in_node(27, |mut n| async move {
+        let pod = n.run_pod("resize").await;
+        let mut cfg = n.container_config("c", &["sleep", "3600"]);
+        cfg.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_quota: 20_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = n.create(&pod, cfg).await.unwrap();
+        n.start(&id).await;
+        let cg = |ctrl: &str, file: &str| -> String {
+            let v1 = std::path::Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join(n.cgroup_parent.trim_start_matches('/'))
+                .join(&id)
+                .join(file);
+            std::fs::read_to_string(v1)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let (mem, quota) = if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+            ("memory.limit_in_bytes", ("cpu", "cpu.cfs_quota_us"))
+        } else {
+            ("memory.max", ("", "cpu.max"))
+        };
+        let mem_ctrl = if mem == "memory.max" { "" } else { "memory" };
+        assert_eq!(cg(mem_ctrl, mem), (64u64 << 20).to_string());
+        n.c.runtime
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 128 << 20,
+                    cpu_quota: 50_000,
+                    cpu_period: 100_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("UpdateContainerResources");
+        assert_eq!(cg(mem_ctrl, mem), (128u64 << 20).to_string());
+        assert!(
+            cg(quota.0, quota.1).starts_with("50000"),
+            "{}",
+            cg(quota.0, quota.1)
+        );
+        let st = n.status(&id).await;
+        assert_eq!(
+            st.resources
+                .and_then(|r| r.linux)
+                .map(|l| l.memory_limit_in_bytes),
+            Some(128 << 20)
+        );
+        let err =
+            n.c.runtime
+                .update_container_resources(UpdateContainerResourcesRequest {
+                    container_id: "nope".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        n.remove_pod(&pod.0).await;
+    });
+}

@@ -8,5 +8,6 @@ mod lifecycle;
 pub mod record;
 pub mod spec;
 pub mod status;
+mod update;
 
 pub use record::{ContainerPhase, ContainerRecord};

@@ -56,7 +56,15 @@ impl ContainerRecord {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-            resources: None,
+            resources: self
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| k8s_cri::v1::ContainerResources {
+                    linux: Some(r),
+                    windows: None,
+                }),
             image_id: self.image_id.clone(),
             user: self
                 .user

@@ -71,6 +71,9 @@ pub struct Attachment {
     pub port_mappings: Vec<PortMapping>,
     /// The pod's cgroup parent, passed as the `cgroupPath` capability when non-empty.
     pub cgroup_parent: String,
+    /// The node's pod CIDRs (comma-separated, from UpdateRuntimeConfig), passed as the
+    /// `ipRanges` capability (one range set each) when non-empty.
+    pub pod_cidr: String,
 }
 
 /// What an ADD gave the pod.
@@ -226,6 +229,16 @@ fn capability_args(a: &Attachment) -> Map<String, Value> {
     if !a.cgroup_parent.is_empty() {
         caps.insert("cgroupPath".into(), a.cgroup_parent.clone().into());
     }
+    let ranges: Vec<Value> = a
+        .pod_cidr
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| serde_json::json!([{ "subnet": c }]))
+        .collect();
+    if !ranges.is_empty() {
+        caps.insert("ipRanges".into(), Value::Array(ranges));
+    }
     caps
 }
 
@@ -296,6 +309,7 @@ mod unit_tests {
                 },
             ],
             cgroup_parent: "/kubepods/besteffort/pod1b4e".into(),
+            pod_cidr: String::new(),
         }
     }
 
@@ -322,6 +336,19 @@ mod unit_tests {
                 "cgroupPath": "/kubepods/besteffort/pod1b4e"
             })
         );
+    }
+
+    #[test]
+    fn pod_cidrs_become_ip_ranges_one_set_each() {
+        let mut a = attachment();
+        a.pod_cidr = "10.244.1.0/24, fd00:1::/64".into();
+        let caps = capability_args(&a);
+        assert_eq!(
+            caps["ipRanges"],
+            serde_json::json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:1::/64"}]])
+        );
+        a.pod_cidr.clear();
+        assert!(!capability_args(&a).contains_key("ipRanges"));
     }
 
     #[test]

@@ -333,5 +333,6 @@ pub fn attachment(sandbox_id: &str, netns: &Path, port_mappings: Vec<PortMapping
         pod_uid: format!("uid-{sandbox_id}"),
         port_mappings,
         cgroup_parent: String::new(),
+        pod_cidr: String::new(),
     }
 }

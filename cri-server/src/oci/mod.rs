@@ -114,6 +114,14 @@ impl OciRuntime {
         }
     }
 
+    /// Applies new cgroup limits (`resources_json`: an OCI `LinuxResources` document).
+    pub async fn update(&self, id: &str, resources_json: &Path) -> Result<(), OciError> {
+        let path = resources_json.display().to_string();
+        self.run("update", id, &["update", "--resources", &path, id])
+            .await
+            .map(drop)
+    }
+
     /// Ids of the containers the runtime knows under its root.
     pub async fn list(&self) -> Result<Vec<String>, OciError> {
         let out = self.run("list", "", &["list", "-q"]).await?;

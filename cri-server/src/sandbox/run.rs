@@ -184,6 +184,7 @@ impl Runtime {
                     })
                     .collect(),
                 cgroup_parent: rec.cgroup_parent.clone(),
+                pod_cidr: self.pod_cidr.read().expect("pod cidr").clone(),
             };
             crate::failpoint::hit("sandbox-before-cni");
             let status = self

@@ -128,3 +128,13 @@ pub async fn exec_sync(rt: &Runtime, req: ExecSyncRequest) -> Result<ExecSyncRes
         exit_code: out.exit_code,
     })
 }
+
+pub async fn update_resources(
+    rt: &Runtime,
+    req: UpdateContainerResourcesRequest,
+) -> Result<UpdateContainerResourcesResponse, Status> {
+    rt.update_container_resources(require_id(&req.container_id)?, req.linux)
+        .await
+        .map_err(runtime_status)?;
+    Ok(UpdateContainerResourcesResponse {})
+}

@@ -213,9 +213,11 @@ impl RuntimeService for RuntimeServiceImpl {
     }
     async fn update_container_resources(
         &self,
-        _: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("UpdateContainerResources", STREAMING))
+        Ok(Response::new(
+            container::update_resources(&self.runtime, req.into_inner()).await?,
+        ))
     }
     async fn reopen_container_log(
         &self,
@@ -271,9 +273,17 @@ impl RuntimeService for RuntimeServiceImpl {
     }
     async fn update_runtime_config(
         &self,
-        _: Request<UpdateRuntimeConfigRequest>,
+        req: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        Err(not_yet("UpdateRuntimeConfig", STREAMING))
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        tracing::info!(pod_cidr = %cidr, "runtime config updated");
+        *self.runtime.pod_cidr.write().expect("pod cidr") = cidr;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
     async fn checkpoint_container(
         &self,

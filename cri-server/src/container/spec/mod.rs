@@ -31,6 +31,20 @@ use tracing::debug;
 
 pub use user::resolve_user;
 
+/// The OCI resources for an UpdateContainerResources request, mapped exactly as at create.
+pub fn resources_for_update(
+    resources: &k8s_cri::v1::LinuxContainerResources,
+) -> oci_spec::runtime::LinuxResources {
+    let config = ContainerConfig {
+        linux: Some(k8s_cri::v1::LinuxContainerConfig {
+            resources: Some(resources.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    resources::linux_resources(&config, &HostFacts::detect())
+}
+
 use host::HostFacts;
 
 /// Everything [`build`] needs for one container.
