@@ -58,6 +58,10 @@ bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # dir overrides an earlier one.
 spec_dirs = ["/etc/cdi", "/var/run/cdi"]
 
+[stats]
+# How often container and pod stats are collected (the stats RPCs answer from that cache).
+collect_period_ms = 10000
+
 [runtime]
 # The OCI runtime handler used when a pod names none.
 default_handler = "runc"
@@ -82,7 +86,22 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub cni: CniConfig,
     pub cdi: CdiConfig,
+    pub stats: StatsConfig,
     pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    pub collect_period_ms: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self {
+            collect_period_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +209,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cni: CniConfig::default(),
             cdi: CdiConfig::default(),
+            stats: StatsConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }

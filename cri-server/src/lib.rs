@@ -13,4 +13,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod service;
+pub mod stats;
 pub mod store;

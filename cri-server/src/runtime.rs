@@ -91,6 +91,10 @@ pub struct Runtime {
     pub cdi_dirs: Vec<PathBuf>,
     /// The node's pod CIDR(s) from UpdateRuntimeConfig, offered to CNI as `ipRanges`.
     pub pod_cidr: RwLock<String>,
+    pub cgroups: crate::stats::cgroup::Cgroups,
+    pub stats: crate::stats::StatsCache,
+    /// Container and sandbox events for GetContainerEvents streams.
+    pub events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
     /// False where CAP_SYS_RESOURCE is missing: oom_score_adj is never lowered.
     pub can_lower_oom_score: bool,
     pub(crate) sandboxes: RwLock<HashMap<String, SandboxRecord>>,
@@ -160,6 +164,9 @@ impl Runtime {
             monitor_binary,
             cdi_dirs: config.cdi.spec_dirs.clone(),
             pod_cidr: RwLock::new(String::new()),
+            cgroups: crate::stats::cgroup::Cgroups::detect(),
+            stats: Default::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
             can_lower_oom_score,
             sandboxes: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),

@@ -45,6 +45,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let runtime = crate::runtime::Runtime::open(&config, images.clone())
         .await
         .context("open pod and container state")?;
+    runtime.spawn_background(std::time::Duration::from_millis(
+        config.stats.collect_period_ms,
+    ));
 
     let listener = bind(&config.listen)?;
     info!(socket = %config.listen.display(), root = %config.root.display(), "cri-server listening");

@@ -121,7 +121,7 @@ where
             String::from_utf8_lossy(&out.stderr)
         );
         let server = CriServer::start(&format!(
-            "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = {:?}\n[cdi]\nspec_dirs = [{:?}]\n",
+            "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = {:?}\n[cdi]\nspec_dirs = [{:?}]\n[stats]\ncollect_period_ms = 300\n",
             registry.addr(),
             conf.join("net.d"),
             bin_dirs,
@@ -1647,5 +1647,170 @@ fn update_container_resources_changes_the_cgroup() {
                 .unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
         n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn stats_move_when_a_container_burns_cpu_memory_and_disk() {
+    in_node(28, |mut n| async move {
+        let pod = n.run_pod("stats").await;
+        let id = n
+            .run_container(
+                &pod,
+                "burner",
+                &[
+                    "sh",
+                    "-c",
+                    "x=$(head -c 30000000 /dev/zero | tr '\\0' a); while true; do :; done",
+                ],
+            )
+            .await;
+        n.sh(&id, "head -c 3000000 /dev/zero > /big").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stats = loop {
+            let s =
+                n.c.runtime
+                    .container_stats(ContainerStatsRequest {
+                        container_id: id.clone(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .stats
+                    .unwrap();
+            let cpu = s
+                .cpu
+                .as_ref()
+                .and_then(|c| c.usage_core_nano_seconds.clone())
+                .map(|v| v.value)
+                .unwrap_or(0);
+            let rate = s
+                .cpu
+                .as_ref()
+                .and_then(|c| c.usage_nano_cores.clone())
+                .map(|v| v.value)
+                .unwrap_or(0);
+            let ws = s
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.clone())
+                .map(|v| v.value)
+                .unwrap_or(0);
+            let disk = s
+                .writable_layer
+                .as_ref()
+                .and_then(|w| w.used_bytes.clone())
+                .map(|v| v.value)
+                .unwrap_or(0);
+            if cpu > 200_000_000 && rate > 100_000_000 && ws > 25_000_000 && disk >= 3_000_000 {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stats did not move: cpu {cpu} rate {rate} ws {ws} disk {disk}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert_eq!(stats.attributes.unwrap().id, id);
+        let list =
+            n.c.runtime
+                .list_container_stats(ListContainerStatsRequest {
+                    filter: Some(ContainerStatsFilter {
+                        pod_sandbox_id: pod.0.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(list.stats.len(), 1);
+        let ps =
+            n.c.runtime
+                .pod_sandbox_stats(PodSandboxStatsRequest {
+                    pod_sandbox_id: pod.0.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap();
+        let linux = ps.linux.unwrap();
+        assert_eq!(
+            linux
+                .network
+                .and_then(|n| n.default_interface)
+                .map(|i| i.name),
+            Some("eth0".to_string())
+        );
+        assert!(
+            linux
+                .process
+                .and_then(|p| p.process_count)
+                .map(|c| c.value)
+                .unwrap_or(0)
+                >= 1
+        );
+        assert_eq!(linux.containers.len(), 1);
+        let all =
+            n.c.runtime
+                .list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(all.stats.len(), 1);
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn container_and_sandbox_events_arrive_in_order() {
+    in_node(29, |mut n| async move {
+        let mut stream =
+            n.c.runtime
+                .get_container_events(GetEventsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+        let pod = n.run_pod("events").await;
+        let id = n
+            .run_container(&pod, "short", &["sh", "-c", "sleep 0.5"])
+            .await;
+        n.wait_exited(&id, Duration::from_secs(20)).await;
+        n.c.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        n.remove_pod(&pod.0).await;
+        let mut seen: Vec<(String, i32)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.contains(&(
+            pod.0.clone(),
+            ContainerEventType::ContainerDeletedEvent as i32,
+        )) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = tokio::time::timeout(left, stream.message())
+                .await
+                .expect("events in time")
+                .unwrap()
+                .unwrap();
+            seen.push((e.container_id.clone(), e.container_event_type));
+        }
+        let of = |who: &str| {
+            seen.iter()
+                .filter(|(i, _)| i == who)
+                .map(|(_, t)| *t)
+                .collect::<Vec<_>>()
+        };
+        use ContainerEventType::*;
+        let order = vec![
+            ContainerCreatedEvent as i32,
+            ContainerStartedEvent as i32,
+            ContainerStoppedEvent as i32,
+            ContainerDeletedEvent as i32,
+        ];
+        assert_eq!(of(&id), order, "container events");
+        assert_eq!(of(&pod.0), order, "sandbox events");
     });
 }

@@ -109,6 +109,11 @@ impl Runtime {
         }
         rec.phase = ContainerPhase::Created;
         self.save_container(&rec)?;
+        self.emit(
+            &id,
+            k8s_cri::v1::ContainerEventType::ContainerCreatedEvent,
+            &sb.id,
+        );
         info!(container = %id, name = %meta.name, image = %image_name, "container created");
         Ok(id)
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use k8s_cri::v1::ContainerEventType;
 use nix::mount::{MntFlags, umount2};
 use tracing::{info, instrument, warn};
 
@@ -21,6 +22,13 @@ impl Runtime {
             .is_some_and(|sb| monitor::alive(&sb.dir));
         if rec.refresh(monitor_alive) {
             let _ = self.save_container(&rec);
+            if rec.phase == ContainerPhase::Exited {
+                self.emit(
+                    &rec.id,
+                    ContainerEventType::ContainerStoppedEvent,
+                    &rec.sandbox_id,
+                );
+            }
         }
         Some(rec)
     }
@@ -59,6 +67,11 @@ impl Runtime {
         rec.phase = ContainerPhase::Running;
         rec.started_at = started_at;
         self.save_container(&rec)?;
+        self.emit(
+            &rec.id,
+            ContainerEventType::ContainerStartedEvent,
+            &rec.sandbox_id,
+        );
         info!(container = %rec.id, "container started");
         Ok(())
     }
@@ -163,6 +176,11 @@ impl Runtime {
             warn!(container = %rec.id, error = %e, "releasing image layers");
         }
         self.drop_container_record(&rec.id);
+        self.emit(
+            &rec.id,
+            ContainerEventType::ContainerDeletedEvent,
+            &rec.sandbox_id,
+        );
     }
 
     pub async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {

@@ -1,6 +1,6 @@
 //! RunPodSandbox.
 
-use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+use k8s_cri::v1::{ContainerEventType, NamespaceMode, PodSandboxConfig};
 use tracing::{info, instrument, warn};
 
 use super::{SandboxRecord, cgroupfs_parent, files, namespaces};
@@ -85,6 +85,8 @@ impl Runtime {
         }
         rec.phase = Phase::Ready;
         self.save_sandbox(&rec)?;
+        self.emit(&id, ContainerEventType::ContainerCreatedEvent, &id);
+        self.emit(&id, ContainerEventType::ContainerStartedEvent, &id);
         info!(pod = %id, name = %rec.name(), ips = ?rec.network.as_ref().map(|n| &n.ips), "pod sandbox ready");
         Ok(id)
     }
@@ -214,5 +216,8 @@ impl Runtime {
         files::unmount_shm(&rec.dir);
         let _ = std::fs::remove_dir_all(&rec.dir);
         self.drop_sandbox_record(&rec.id);
+        if rec.phase != Phase::Creating {
+            self.emit(&rec.id, ContainerEventType::ContainerDeletedEvent, &rec.id);
+        }
     }
 }

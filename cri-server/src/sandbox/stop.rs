@@ -34,6 +34,11 @@ impl Runtime {
         if rec.phase != Phase::NotReady {
             rec.phase = Phase::NotReady;
             self.save_sandbox(&rec)?;
+            self.emit(
+                &rec.id,
+                k8s_cri::v1::ContainerEventType::ContainerStoppedEvent,
+                &rec.id,
+            );
             info!(pod = %rec.id, "pod sandbox stopped");
         }
         Ok(())

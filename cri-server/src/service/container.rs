@@ -138,3 +138,47 @@ pub async fn update_resources(
         .map_err(runtime_status)?;
     Ok(UpdateContainerResourcesResponse {})
 }
+
+pub fn stats(rt: &Runtime, req: ContainerStatsRequest) -> Result<ContainerStatsResponse, Status> {
+    let id = require_id(&req.container_id)?;
+    let c = rt
+        .container(id)
+        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+    // Not collected yet (just created, or exited): an empty record with the attributes.
+    let stats = rt.stats.container(&c.id).unwrap_or_else(|| ContainerStats {
+        attributes: Some(ContainerAttributes {
+            id: c.id.clone(),
+            metadata: c.config.metadata.clone(),
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+        }),
+        ..Default::default()
+    });
+    Ok(ContainerStatsResponse { stats: Some(stats) })
+}
+
+pub fn list_stats(rt: &Runtime, req: ListContainerStatsRequest) -> ListContainerStatsResponse {
+    let f = req.filter.unwrap_or_default();
+    let sandbox_of: HashMap<String, String> = rt
+        .list_containers(&ContainerFilter::default())
+        .into_iter()
+        .map(|c| (c.id, c.sandbox_id))
+        .collect();
+    let stats = rt
+        .stats
+        .containers()
+        .into_iter()
+        .filter(|s| {
+            let Some(a) = &s.attributes else { return false };
+            (f.id.is_empty() || a.id.starts_with(&f.id))
+                && (f.pod_sandbox_id.is_empty()
+                    || sandbox_of
+                        .get(&a.id)
+                        .is_some_and(|p| p.starts_with(&f.pod_sandbox_id)))
+                && f.label_selector
+                    .iter()
+                    .all(|(k, v)| a.labels.get(k) == Some(v))
+        })
+        .collect();
+    ListContainerStatsResponse { stats }
+}

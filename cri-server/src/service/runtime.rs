@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
+use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status};
 
 pub const RUNTIME_NAME: &str = "cri-server";
@@ -249,27 +250,39 @@ impl RuntimeService for RuntimeServiceImpl {
     }
     async fn container_stats(
         &self,
-        _: Request<ContainerStatsRequest>,
+        req: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats", STREAMING))
+        Ok(Response::new(container::stats(
+            &self.runtime,
+            req.into_inner(),
+        )?))
     }
     async fn list_container_stats(
         &self,
-        _: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats", STREAMING))
+        Ok(Response::new(container::list_stats(
+            &self.runtime,
+            req.into_inner(),
+        )))
     }
     async fn pod_sandbox_stats(
         &self,
-        _: Request<PodSandboxStatsRequest>,
+        req: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        Err(not_yet("PodSandboxStats", STREAMING))
+        Ok(Response::new(sandbox::stats(
+            &self.runtime,
+            req.into_inner(),
+        )?))
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("ListPodSandboxStats", STREAMING))
+        Ok(Response::new(sandbox::list_stats(
+            &self.runtime,
+            req.into_inner(),
+        )))
     }
     async fn update_runtime_config(
         &self,
@@ -299,9 +312,13 @@ impl RuntimeService for RuntimeServiceImpl {
 
     async fn get_container_events(
         &self,
-        _: Request<GetEventsRequest>,
+        _req: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents", STREAMING))
+        let rx = self.runtime.events.subscribe();
+        // A client too slow for the buffer misses events (and relists), as with containerd.
+        let stream =
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|e| e.ok().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
     }
     async fn list_metric_descriptors(
         &self,

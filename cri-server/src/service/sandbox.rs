@@ -94,3 +94,37 @@ pub fn list(rt: &Runtime, req: ListPodSandboxRequest) -> ListPodSandboxResponse 
             .collect(),
     }
 }
+
+pub fn stats(rt: &Runtime, req: PodSandboxStatsRequest) -> Result<PodSandboxStatsResponse, Status> {
+    let id = require_id(&req.pod_sandbox_id)?;
+    let sb = rt
+        .sandbox(id)
+        .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))?;
+    let stats = rt.stats.pod(&sb.id).unwrap_or_else(|| PodSandboxStats {
+        attributes: Some(PodSandboxAttributes {
+            id: sb.id.clone(),
+            metadata: sb.config.metadata.clone(),
+            labels: sb.config.labels.clone(),
+            annotations: sb.config.annotations.clone(),
+        }),
+        ..Default::default()
+    });
+    Ok(PodSandboxStatsResponse { stats: Some(stats) })
+}
+
+pub fn list_stats(rt: &Runtime, req: ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse {
+    let f = req.filter.unwrap_or_default();
+    let stats = rt
+        .stats
+        .pods()
+        .into_iter()
+        .filter(|s| {
+            let Some(a) = &s.attributes else { return false };
+            (f.id.is_empty() || a.id.starts_with(&f.id))
+                && f.label_selector
+                    .iter()
+                    .all(|(k, v)| a.labels.get(k) == Some(v))
+        })
+        .collect();
+    ListPodSandboxStatsResponse { stats }
+}
