@@ -322,14 +322,18 @@ impl RuntimeService for RuntimeServiceImpl {
     }
     async fn list_metric_descriptors(
         &self,
-        _: Request<ListMetricDescriptorsRequest>,
+        _req: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("ListMetricDescriptors", STREAMING))
+        Ok(Response::new(ListMetricDescriptorsResponse {
+            descriptors: crate::stats::metrics::descriptors(),
+        }))
     }
     async fn list_pod_sandbox_metrics(
         &self,
-        _: Request<ListPodSandboxMetricsRequest>,
+        _req: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("ListPodSandboxMetrics", STREAMING))
+        Ok(Response::new(ListPodSandboxMetricsResponse {
+            pod_metrics: crate::stats::metrics::pod_metrics(&self.runtime.stats.pods()),
+        }))
     }
 }

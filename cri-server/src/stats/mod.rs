@@ -3,6 +3,7 @@
 //! stream (created, started, stopped, deleted) the kubelet's evented PLEG listens to.
 
 pub mod cgroup;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::path::Path;
