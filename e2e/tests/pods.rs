@@ -1758,6 +1758,41 @@ fn stats_move_when_a_container_burns_cpu_memory_and_disk() {
                 .unwrap()
                 .into_inner();
         assert_eq!(all.stats.len(), 1);
+        let descriptors =
+            n.c.runtime
+                .list_metric_descriptors(ListMetricDescriptorsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .descriptors;
+        assert!(
+            descriptors
+                .iter()
+                .any(|d| d.name == "container_cpu_usage_seconds_total")
+        );
+        let metrics =
+            n.c.runtime
+                .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .pod_metrics;
+        let mine = metrics
+            .iter()
+            .find(|m| m.pod_sandbox_id == pod.0)
+            .expect("pod metrics");
+        let cpu = mine.container_metrics[0]
+            .metrics
+            .iter()
+            .find(|m| m.name == "container_cpu_usage_seconds_total")
+            .unwrap();
+        assert!(cpu.value.as_ref().unwrap().value > 0);
+        assert!(
+            mine.metrics
+                .iter()
+                .any(|m| m.name == "container_network_receive_bytes_total"
+                    && m.label_values[0] == "eth0")
+        );
         n.remove_pod(&pod.0).await;
     });
 }
