@@ -1,11 +1,26 @@
-//! Kubelet device plugin API (`v1beta1`) for the `device-plugin` binary.
-//!
-//! Generated at build time from `proto/deviceplugin/v1beta1/api.proto` (messages, client, server).
+//! A kubelet device plugin (API `v1beta1`) for NVIDIA GPUs (through NVML, loaded at run time)
+//! and for devices described in a JSON file. The binary (`src/main.rs`) reads the
+//! [`config::Config`] and hands it to [`daemon::run`].
 
 /// Generated messages plus the `Registration` and `DevicePlugin` clients and servers.
 pub mod v1beta1 {
     tonic::include_proto!("v1beta1");
 }
+
+pub mod allocation;
+pub mod cdi;
+pub mod config;
+pub mod daemon;
+pub mod device;
+pub mod discovery;
+pub mod error;
+pub mod fswatch;
+pub mod kubelet;
+pub mod preferred;
+pub mod service;
+pub mod sharing;
+
+pub use error::Error;
 
 #[cfg(test)]
 mod tests {

@@ -1849,3 +1849,193 @@ fn container_and_sandbox_events_arrive_in_order() {
         assert_eq!(of(&pod.0), order, "sandbox events");
     });
 }
+
+#[test]
+fn removing_an_image_a_container_uses_keeps_its_layers_until_the_container_goes() {
+    in_node(30, |mut n| async move {
+        let pod = n.run_pod("imgrm").await;
+        let id = n.run_container(&pod, "user", &["sleep", "3600"]).await;
+        let layers = n.server.root.join("images/layers");
+        let before: Vec<_> = std::fs::read_dir(&layers)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(!before.is_empty());
+        n.c.image
+            .remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: n.busybox.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("RemoveImage");
+        let st =
+            n.c.image
+                .image_status(ImageStatusRequest {
+                    image: Some(ImageSpec {
+                        image: n.busybox.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(st.image.is_none(), "the image itself is gone");
+        let after: Vec<_> = std::fs::read_dir(&layers)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(before, after, "layers a container uses are kept");
+        assert_eq!(n.sh(&id, "echo still-running").await.1, "still-running");
+        n.remove_pod(&pod.0).await;
+        assert_eq!(
+            std::fs::read_dir(&layers).unwrap().count(),
+            0,
+            "released with the container"
+        );
+    });
+}
+
+/// The kubelet's side of device plugin registration, for the test: records each Register.
+struct KubeletStandIn(tokio::sync::mpsc::UnboundedSender<device_plugin::v1beta1::RegisterRequest>);
+
+#[tonic::async_trait]
+impl device_plugin::v1beta1::registration_server::Registration for KubeletStandIn {
+    async fn register(
+        &self,
+        req: tonic::Request<device_plugin::v1beta1::RegisterRequest>,
+    ) -> Result<tonic::Response<device_plugin::v1beta1::Empty>, tonic::Status> {
+        let _ = self.0.send(req.into_inner());
+        Ok(tonic::Response::new(device_plugin::v1beta1::Empty {}))
+    }
+}
+
+#[test]
+fn device_plugin_allocation_reaches_the_container_as_device_nodes_and_cdi() {
+    in_node(31, |mut n| async move {
+        use device_plugin::v1beta1::{
+            AllocateRequest, ContainerAllocateRequest, device_plugin_client::DevicePluginClient,
+            registration_server::RegistrationServer,
+        };
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        // The node: device nodes made for the test, the plugin dir with kubelet.sock.
+        let node_dir = tempfile::tempdir().unwrap();
+        let plugin_dir = node_dir.path().join("device-plugins");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        let dev = node_dir.path().join("accel0");
+        mknod(
+            &dev,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, 5),
+        )
+        .unwrap();
+        let devices = node_dir.path().join("devices.json");
+        std::fs::write(&devices, serde_json::to_vec(&serde_json::json!({"devices": [{"id": "accel0", "health": "Healthy", "deviceNodes": [{"path": dev, "containerPath": "/dev/accel0"}]}]})).unwrap()).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let listener = tokio::net::UnixListener::bind(plugin_dir.join("kubelet.sock")).unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RegistrationServer::new(KubeletStandIn(tx)))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        // Killed on drop, also when an assertion fails.
+        let plugin = Kill(
+            std::process::Command::new(e2e::daemon::bin_path("device-plugin"))
+                .args([
+                    "--backend",
+                    "file",
+                    "--resource-name",
+                    "example.com/accel",
+                    "--device-list-strategy",
+                    "envvar,cdi-cri",
+                ])
+                .arg("--devices-file")
+                .arg(&devices)
+                .arg("--device-plugin-dir")
+                .arg(&plugin_dir)
+                .arg("--cdi-spec-dir")
+                .arg(&n.cdi_dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let reg = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("registration")
+            .unwrap();
+        assert_eq!(reg.resource_name, "example.com/accel");
+        let channel = e2e::cri::channel(&plugin_dir.join(&reg.endpoint))
+            .await
+            .unwrap();
+        let mut client = DevicePluginClient::new(channel);
+        let resp = client
+            .allocate(AllocateRequest {
+                container_requests: vec![ContainerAllocateRequest {
+                    devices_ids: vec!["accel0".into()],
+                }],
+            })
+            .await
+            .expect("Allocate")
+            .into_inner();
+        let alloc = &resp.container_responses[0];
+        drop(plugin);
+        server.abort();
+
+        // What the kubelet does with the answer: devices, envs and CDI names into CreateContainer.
+        let pod = n.run_pod("accel").await;
+        let mut cfg = n.container_config("user", &["sleep", "3600"]);
+        cfg.devices = alloc
+            .devices
+            .iter()
+            .map(|d| Device {
+                container_path: d.container_path.clone(),
+                host_path: d.host_path.clone(),
+                permissions: d.permissions.clone(),
+            })
+            .collect();
+        cfg.envs = alloc
+            .envs
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        cfg.cdi_devices = alloc
+            .cdi_devices
+            .iter()
+            .map(|c| CdiDevice {
+                name: c.name.clone(),
+            })
+            .collect();
+        assert!(!cfg.cdi_devices.is_empty(), "the plugin answered CDI names");
+        let id = n
+            .create(&pod, cfg)
+            .await
+            .expect("create with the allocation");
+        n.start(&id).await;
+        assert_eq!(
+            n.sh(&id, "head -c 4 /dev/accel0 | wc -c").await.1,
+            "4",
+            "the allocated device works in the container"
+        );
+        assert!(
+            n.sh(&id, "env").await.1.contains("accel0"),
+            "the visible-devices env carries the id"
+        );
+        n.remove_pod(&pod.0).await;
+    });
+}
