@@ -118,6 +118,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
+    // Few malloc arenas: a daemon that mostly waits should not keep one per thread that once
+    // buffered a pull.
+    // SAFETY: mallopt only sets an allocator tunable, before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -200,7 +200,7 @@ impl Runtime {
 
     pub(crate) fn save_sandbox(&self, rec: &SandboxRecord) -> Result<(), RuntimeError> {
         let path = self.paths.pod_records().join(format!("{}.json", rec.id));
-        store::write_json(&path, rec)
+        store::write_json_volatile(&path, rec)
             .map_err(|e| RuntimeError::internal(format!("write {}", path.display()), e))?;
         self.sandboxes
             .write()
@@ -219,7 +219,7 @@ impl Runtime {
             .paths
             .container_records()
             .join(format!("{}.json", rec.id));
-        store::write_json(&path, rec)
+        store::write_json_volatile(&path, rec)
             .map_err(|e| RuntimeError::internal(format!("write {}", path.display()), e))?;
         self.containers
             .write()

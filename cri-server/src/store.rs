@@ -35,6 +35,33 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Like [`write_atomic`] (temp file + rename: a crash of the process leaves the old or the new
+/// content) but without fsync, for state that does not outlive a reboot anyway: pod and
+/// container records, bundles. Saves two disk flushes per write on the pod start path.
+pub fn write_volatile(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        name.to_string_lossy()
+    ));
+    let result = fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let data = serde_json::to_vec(value).map_err(io::Error::other)?;
+    write_volatile(path, &data)
+}
+
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     write_atomic(path, &data)

@@ -219,7 +219,7 @@ impl Runtime {
         }
         let config_json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| RuntimeError::internal("encode OCI spec", e))?;
-        crate::store::write_atomic(&rec.bundle.join("config.json"), &config_json)
+        crate::store::write_volatile(&rec.bundle.join("config.json"), &config_json)
             .map_err(internal("write OCI bundle"))?;
 
         let oci = self.oci(&rec.runtime_handler)?;

@@ -140,7 +140,8 @@ impl Runtime {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The monitor records an exit within a few ms of it: poll tightly.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

@@ -433,6 +433,9 @@ impl ImageStore {
         self.mark_pending(&chains, false);
         let id = stored?;
         info!(image = %name, id = %id, elapsed_ms = started.elapsed().as_millis() as u64, "image pulled");
+        // Hand the pull's buffers back to the system instead of keeping them in the heap.
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
         Ok(id)
     }
 

@@ -102,9 +102,22 @@ pub async fn shutdown(dir: &Path) {
 
 /// Is `pid` a running monitor (not a reused pid)?
 fn is_monitor(pid: nix::unistd::Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "cri-monitor")
-        .unwrap_or(false)
+    is_live_process_named(pid.as_raw(), "cri-monitor")
+}
+
+/// `pid` runs and is named `comm`. A zombie counts as gone: an exited monitor or pause
+/// process waits for its (reparented) parent to reap it, which can take a while.
+fn is_live_process_named(pid: i32, comm: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "<pid> (<comm>) <state> ...": the comm may hold spaces, the state follows the last ')'.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let name = &stat[open + 1..close];
+    let state = stat[close + 1..].trim_start().chars().next();
+    name == comm && state != Some('Z')
 }
 
 /// Is the pod's monitor process running?
@@ -136,9 +149,7 @@ pub async fn start_pause(binary: &Path, dir: &Path) -> std::io::Result<i32> {
 
 /// Is `pid` a pod's PID 1 (not a reused pid)?
 pub fn is_pause(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == cri_monitor::protocol::PAUSE_COMM)
-        .unwrap_or(false)
+    is_live_process_named(pid, cri_monitor::protocol::PAUSE_COMM)
 }
 
 /// Kills a pod's PID 1 (as recorded, or as its pid file in the pod dir says: a crash may

@@ -94,7 +94,7 @@ fn metric(name: &str, ts: i64, labels: &[String], value: Option<&UInt64Value>) -
             MetricType::Gauge
         } as i32,
         label_values: labels.to_vec(),
-        value: Some(value?.clone()),
+        value: Some(*value?),
     })
 }
 
