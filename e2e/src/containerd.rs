@@ -62,7 +62,8 @@ pub struct ContainerdOptions {
 ///
 /// Its runc v2 runtime keeps runc's state (`Root`) under the temp dir too, so what a run leaves
 /// behind can be found; only the shims' sockets live where containerd 1.6 hard-codes them
-/// (`/run/containerd/s/`), and Drop removes those of its shims.
+/// (`/run/containerd/s/`), and libcni's cache (`/var/lib/cni/results`): Drop removes those of its
+/// shims and sandboxes (and the dirs, when empty).
 pub struct Containerd {
     pub socket: PathBuf,
     pub root: PathBuf,
@@ -200,6 +201,7 @@ impl Containerd {
         for s in sockets {
             let _ = std::fs::remove_file(&s);
         }
+        self.remove_cni_cache();
         // The socket dir is containerd's, not ours; leave it only if something else uses it.
         for d in [SHIM_SOCKET_DIR, "/run/containerd"] {
             let _ = std::fs::remove_dir(d);
@@ -208,6 +210,29 @@ impl Containerd {
             bail!("{}", problems.join("; "));
         }
         Ok(())
+    }
+
+    /// libcni caches each attachment in `/var/lib/cni/results/<network>-<sandbox>-<ifname>`
+    /// (containerd 1.6 has no setting for that dir); CNI DEL removes it. Removes what is left
+    /// for this instance's sandboxes, then the dirs if they are empty.
+    fn remove_cni_cache(&self) {
+        let mut ids = Vec::new();
+        for dir in [&self.root, &self.state] {
+            let sandboxes = dir.join("io.containerd.grpc.v1.cri").join("sandboxes");
+            for e in std::fs::read_dir(sandboxes).into_iter().flatten().flatten() {
+                ids.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let results = Path::new(CNI_CACHE_DIR).join("results");
+        for e in std::fs::read_dir(&results).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ids.iter().any(|id| name.contains(&format!("-{id}-"))) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        // Only when empty: another runtime may use them.
+        let _ = std::fs::remove_dir(&results);
+        let _ = std::fs::remove_dir(CNI_CACHE_DIR);
     }
 
     /// Socket files of this instance's shims, from `<state>/io.containerd.runtime.v2.task/
@@ -397,6 +422,9 @@ impl Drop for Containerd {
 /// Where containerd 1.6 puts its shims' sockets, whatever its state dir.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 
+/// libcni's default cache dir.
+const CNI_CACHE_DIR: &str = "/var/lib/cni";
+
 /// Pids of `containerd-shim-runc-v2` processes whose command line mentions `dir`.
 fn shim_pids_mentioning(dir: &Path) -> Vec<u32> {
     let needle = dir.display().to_string();
@@ -487,6 +515,21 @@ fn toml_str(p: &Path) -> String {
 }
 
 fn config_toml(base: &Path, opts: &ContainerdOptions) -> String {
+    // Debug formatting of a str is a valid TOML basic string for image references.
+    let sandbox_image = format!(
+        "{:?}",
+        opts.sandbox_image
+            .as_deref()
+            .unwrap_or("127.0.0.1:1/pause:none")
+    );
+    let cni_bin = opts
+        .cni_bin_dir
+        .clone()
+        .unwrap_or_else(|| base.join("cni/bin"));
+    let cni_conf = opts
+        .cni_conf_dir
+        .clone()
+        .unwrap_or_else(|| base.join("cni/net.d"));
     let disabled: Vec<String> = DISABLED_PLUGINS.iter().map(|p| format!("{p:?}")).collect();
     let mut cri = String::new();
     if let Some(n) = opts.max_concurrent_downloads {
@@ -554,14 +597,8 @@ disabled_plugins = [{disabled}]
         opt = toml_str(&base.join("opt")),
         certs = toml_str(&base.join("certs.d")),
         runc_root = toml_str(&base.join("runc")),
-        sandbox_image = format!(
-            "{:?}",
-            opts.sandbox_image
-                .as_deref()
-                .unwrap_or("127.0.0.1:1/pause:none")
-        ),
-        cni_bin = toml_str(&opts.cni_bin_dir.clone().unwrap_or(base.join("cni/bin"))),
-        cni_conf = toml_str(&opts.cni_conf_dir.clone().unwrap_or(base.join("cni/net.d"))),
+        cni_bin = toml_str(&cni_bin),
+        cni_conf = toml_str(&cni_conf),
     )
 }
 
