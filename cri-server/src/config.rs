@@ -62,6 +62,14 @@ spec_dirs = ["/etc/cdi", "/var/run/cdi"]
 # How often container and pod stats are collected (the stats RPCs answer from that cache).
 collect_period_ms = 10000
 
+[streaming]
+# Where the exec/attach/port-forward server listens (host:port; port 0 picks a free one). The
+# kubelet connects to the URLs the Exec, Attach and PortForward RPCs return. Keep it on
+# loopback unless the node's network is trusted: the one-time token is the only credential.
+address = "127.0.0.1:0"
+# How long a URL returned by Exec/Attach/PortForward stays usable (it is single-use).
+token_ttl_secs = 60
+
 [runtime]
 # The OCI runtime handler used when a pod names none.
 default_handler = "runc"
@@ -87,7 +95,24 @@ pub struct Config {
     pub cni: CniConfig,
     pub cdi: CdiConfig,
     pub stats: StatsConfig,
+    pub streaming: StreamingConfig,
     pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    pub address: String,
+    pub token_ttl_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:0".into(),
+            token_ttl_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +235,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             cdi: CdiConfig::default(),
             stats: StatsConfig::default(),
+            streaming: StreamingConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -323,6 +349,20 @@ impl Config {
                 ));
             }
         }
+        if self
+            .streaming
+            .address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(invalid(
+                "streaming.address",
+                &format!("{:?} is not an ip:port", self.streaming.address),
+            ));
+        }
+        if self.streaming.token_ttl_secs == 0 {
+            return Err(invalid("streaming.token_ttl_secs", "must be at least 1"));
+        }
         if !self
             .runtime
             .handlers
@@ -372,6 +412,22 @@ mod tests {
         let err = Config::parse("root = \"var/lib\"\n", Path::new("c.toml")).unwrap_err();
         assert!(
             matches!(err, ConfigError::Invalid { key: "root", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn streaming_address_must_be_ip_and_port() {
+        let err =
+            Config::parse("[streaming]\naddress = \"localhost\"\n", Path::new("c")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "streaming.address",
+                    ..
+                }
+            ),
             "{err}"
         );
     }

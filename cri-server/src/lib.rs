@@ -15,3 +15,4 @@ pub mod server;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod streaming;

@@ -49,12 +49,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.stats.collect_period_ms,
     ));
 
+    let streaming = crate::streaming::StreamingServer::start(&config.streaming, runtime.clone())
+        .await
+        .context("start the streaming server")?;
+
     let listener = bind(&config.listen)?;
     info!(socket = %config.listen.display(), root = %config.root.display(), "cri-server listening");
 
     let runtime = RuntimeServiceImpl {
         cgroup_driver: CgroupDriver::Cgroupfs,
         runtime,
+        streaming,
     };
     let image = ImageServiceImpl { images };
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;

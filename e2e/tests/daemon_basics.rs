@@ -130,9 +130,16 @@ async fn socket_is_0660_and_runtime_basics_answer() {
         "a sandbox needs a config"
     );
     // What has not landed yet says so, naming the RPC.
-    let err = c.runtime.exec(ExecRequest::default()).await.unwrap_err();
+    let err = c
+        .runtime
+        .checkpoint_container(k8s_cri::v1::CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Exec"));
+    assert!(err.message().contains("CheckpointContainer"));
+    // Exec has landed: it validates its request.
+    let err = c.runtime.exec(ExecRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
 }
 
 #[test]

@@ -1681,25 +1681,25 @@ fn stats_move_when_a_container_burns_cpu_memory_and_disk() {
             let cpu = s
                 .cpu
                 .as_ref()
-                .and_then(|c| c.usage_core_nano_seconds.clone())
+                .and_then(|c| c.usage_core_nano_seconds)
                 .map(|v| v.value)
                 .unwrap_or(0);
             let rate = s
                 .cpu
                 .as_ref()
-                .and_then(|c| c.usage_nano_cores.clone())
+                .and_then(|c| c.usage_nano_cores)
                 .map(|v| v.value)
                 .unwrap_or(0);
             let ws = s
                 .memory
                 .as_ref()
-                .and_then(|m| m.working_set_bytes.clone())
+                .and_then(|m| m.working_set_bytes)
                 .map(|v| v.value)
                 .unwrap_or(0);
             let disk = s
                 .writable_layer
                 .as_ref()
-                .and_then(|w| w.used_bytes.clone())
+                .and_then(|w| w.used_bytes)
                 .map(|v| v.value)
                 .unwrap_or(0);
             if cpu > 200_000_000 && rate > 100_000_000 && ws > 25_000_000 && disk >= 3_000_000 {

@@ -157,6 +157,15 @@ impl Client {
         self.call_ok(&Request::Forget { id: id.into() }).map(drop)
     }
 
+    /// Attaches to a running container: returns whether it has a tty, the connection, which
+    /// from now on carries [`crate::protocol::attach`] frames, and the frame bytes already
+    /// read behind the answer.
+    pub fn attach(mut self, id: &str) -> Result<(bool, UnixStream, Vec<u8>)> {
+        let r = self.call_ok(&Request::Attach { id: id.into() })?;
+        let early = self.reader.buffer().to_vec();
+        Ok((r.tty.unwrap_or(false), self.reader.into_inner(), early))
+    }
+
     /// Asks the monitor to flush its logs and exit.
     pub fn shutdown(&mut self) -> Result<()> {
         self.call_ok(&Request::Shutdown).map(drop)
@@ -170,5 +179,6 @@ fn op_name(request: &Request) -> &'static str {
         Request::List => "list",
         Request::Forget { .. } => "forget",
         Request::Shutdown => "shutdown",
+        Request::Attach { .. } => "attach",
     }
 }

@@ -35,6 +35,9 @@ pub enum Request {
     Forget { id: String },
     /// Answer, flush logs and exit.
     Shutdown,
+    /// Answer (with `tty`), then turn this connection into an attach stream of a running
+    /// container: [`attach`] frames both ways until either side closes.
+    Attach { id: String },
 }
 
 /// The body of `{"op":"create", ...}`.
@@ -74,6 +77,9 @@ pub struct Response {
     /// The containers (answer to `list`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containers: Option<Vec<ContainerInfo>>,
+    /// Whether the container has a terminal (answer to `attach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
 }
 
 impl Response {
@@ -132,6 +138,44 @@ impl ExitRecord {
     }
 }
 
+/// The frames of an attach stream: `[kind: u8][length: u32 big endian][payload]`.
+/// Monitor to client: `STDOUT` and `STDERR` data (a tty's output is `STDOUT`); the monitor
+/// closes the connection when the container's outputs end. Client to monitor: `STDIN` data,
+/// `CLOSE_STDIN` (empty) and `RESIZE` (width, height: two u16 big endian, tty only).
+pub mod attach {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    pub const RESIZE: u8 = 4;
+    pub const CLOSE_STDIN: u8 = 5;
+    /// Largest payload either side sends; a larger one closes the stream.
+    pub const MAX_FRAME: usize = 32 * 1024;
+
+    /// One frame.
+    pub fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(5 + payload.len());
+        v.push(kind);
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// The first whole frame in `buf` and its size; `None` until one is complete, `Err` for
+    /// one over [`MAX_FRAME`].
+    #[allow(clippy::type_complexity)]
+    pub fn parse(buf: &[u8]) -> Option<Result<(u8, &[u8], usize), usize>> {
+        if buf.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if len > MAX_FRAME {
+            return Some(Err(len));
+        }
+        let payload = buf.get(5..5 + len)?;
+        Some(Ok((buf[0], payload, 5 + len)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +200,17 @@ mod tests {
             serde_json::to_string(&Request::ReopenLog { id: "x".into() }).unwrap(),
             r#"{"op":"reopen_log","id":"x"}"#
         );
+    }
+
+    #[test]
+    fn attach_frames_parse_whole_or_not_at_all() {
+        let f = attach::frame(attach::STDIN, b"hi");
+        assert_eq!(attach::parse(&f[..4]), None);
+        assert_eq!(attach::parse(&f[..6]), None);
+        assert_eq!(attach::parse(&f), Some(Ok((attach::STDIN, &b"hi"[..], 7))));
+        assert_eq!(attach::parse(&[1, 0xff, 0, 0, 0]), Some(Err(0xff00_0000)));
+        let attach: Request = serde_json::from_str(r#"{"op":"attach","id":"c"}"#).unwrap();
+        assert_eq!(attach, Request::Attach { id: "c".into() });
     }
 
     #[test]

@@ -340,3 +340,51 @@ fn monitor_stays_small_with_two_running_containers() {
     let limit = if cfg!(debug_assertions) { 4096 } else { 2048 };
     assert!(rss <= limit, "monitor VmRSS {rss} KiB > {limit} KiB");
 }
+
+#[test]
+fn attach_forwards_stdin_and_output_and_ends_with_the_container() {
+    use cri_monitor::protocol::attach;
+    use std::io::{Read, Write};
+
+    let pod = Pod::start("attach");
+    let script = "read line; echo \"got $line\"; echo err >&2";
+    let bundle = pod.bundle("c", &["sh", "-c", script], &Spec::default());
+    let mut request = pod.request("c", &bundle, &Spec::default());
+    request.stdin = true;
+    pod.create(request).expect("create");
+    let (tty, mut stream, mut buf) = pod.client().attach(&pod.cid("c")).expect("attach");
+    assert!(!tty);
+    pod.runc_ok(&["start", &pod.cid("c")]);
+    stream
+        .write_all(&attach::frame(attach::STDIN, b"hello\n"))
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut rest = buf.as_slice();
+    while let Some(Ok((kind, payload, used))) = attach::parse(rest) {
+        match kind {
+            attach::STDOUT => out.extend_from_slice(payload),
+            attach::STDERR => err.extend_from_slice(payload),
+            other => panic!("frame kind {other}"),
+        }
+        rest = &rest[used..];
+    }
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"got hello\n"[..], &b"err\n"[..])
+    );
+    assert_eq!(pod.wait_exit(&bundle).exit_code, 0);
+    // The log has it too; an exited container cannot be attached.
+    assert!(contents(&read_log(&pod.log_path("c"))).contains(&("stdout", "F", "got hello")));
+    let err = pod.client().attach(&pod.cid("c")).unwrap_err();
+    assert!(matches!(err, Error::Monitor { .. }), "{err}");
+}

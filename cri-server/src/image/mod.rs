@@ -259,7 +259,8 @@ impl ImageStore {
             .ok_or_else(|| ImageError::NotFound(image_id.into()))?;
         let chain: Vec<String> = rec.layers.iter().map(|l| l.chain_id.clone()).collect();
         let path = self.root.join("leases").join(format!("{holder}.json"));
-        store::write_json(&path, &chain).map_err(ImageError::io("write lease", &path))
+        // Containers do not outlive a reboot: their leases need no disk flush either.
+        store::write_json_volatile(&path, &chain).map_err(ImageError::io("write lease", &path))
     }
 
     pub async fn release(&self, holder: &str) -> Result<(), ImageError> {

@@ -63,6 +63,25 @@ pub(super) struct Puller {
     /// One lock per layer chain ID (and per image reference): concurrent pulls of one layer
     /// download it once, the others wait and find it unpacked.
     keyed: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pulls running now: the last one to finish drops the registry clients (TLS roots,
+    /// connection pools), which an idle node does not need; the next pull builds them anew.
+    active: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a running pull; the last one out drops the clients.
+struct ActivePull<'a>(&'a Puller);
+
+impl Drop for ActivePull<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.clients.lock().expect("clients lock").clear();
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -142,6 +161,7 @@ impl Puller {
             clients: Mutex::new(HashMap::new()),
             downloads,
             keyed: Mutex::new(HashMap::new()),
+            active: Default::default(),
         }
     }
 
@@ -293,6 +313,10 @@ impl ImageStore {
     /// docker config.json is consulted per endpoint.
     pub async fn pull(&self, name: &str, cred: Option<Credential>) -> Result<String, ImageError> {
         let r = reference::parse(name)?;
+        self.puller
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _active = ActivePull(&self.puller);
         let image_lock = self.puller.keyed_lock(&format!("image:{}", r.whole()));
         let _image_guard = image_lock.lock().await;
         let started = std::time::Instant::now();

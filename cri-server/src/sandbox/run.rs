@@ -151,16 +151,14 @@ impl Runtime {
             rec.infra_pid = Some(pid);
             self.save_sandbox(rec)?;
         }
-        crate::sandbox::monitor::start(
-            &self.monitor_binary,
-            &rec.id,
-            &rec.dir,
-            &self.paths.runtime_root().join(&rec.runtime_handler),
-        )
-        .await
-        .map_err(|e| RuntimeError::internal("start pod monitor", e))?;
-
-        if let Some(netns) = rec.pins.net.clone() {
+        // The monitor and the pod network are independent: set them up at the same time.
+        let runtime_root = self.paths.runtime_root().join(&rec.runtime_handler);
+        let monitor =
+            crate::sandbox::monitor::start(&self.monitor_binary, &rec.id, &rec.dir, &runtime_root);
+        let network = async {
+            let Some(netns) = rec.pins.net.clone() else {
+                return Ok(None);
+            };
             let meta = rec.config.metadata.clone().unwrap_or_default();
             let attachment = Attachment {
                 sandbox_id: rec.id.clone(),
@@ -195,8 +193,11 @@ impl Runtime {
                 .await
                 .map_err(|e| RuntimeError::internal("set up pod network (CNI ADD)", e))?;
             crate::failpoint::hit("sandbox-after-cni");
-            rec.network = Some(status);
-        }
+            Ok::<_, RuntimeError>(Some(status))
+        };
+        let (monitor, network) = tokio::join!(monitor, network);
+        rec.network = network?;
+        monitor.map_err(|e| RuntimeError::internal("start pod monitor", e))?;
         Ok(())
     }
 

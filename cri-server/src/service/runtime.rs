@@ -1,6 +1,6 @@
-//! RuntimeService: the trait implementation, delegating pod RPCs to `sandbox.rs` and container
-//! RPCs to `container.rs`. Streaming, stats and events land with issue #5 and until then
-//! answer `Unimplemented` naming the issue.
+//! RuntimeService: the trait implementation, delegating pod RPCs to `sandbox.rs`, container
+//! RPCs to `container.rs` and Exec/Attach/PortForward to `streaming.rs`. RPCs whose capability
+//! has not landed answer `Unimplemented` naming the issue.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,12 +13,15 @@ use tonic::{Code, Request, Response, Status};
 pub const RUNTIME_NAME: &str = "cri-server";
 pub const RUNTIME_API_VERSION: &str = "v1";
 
-use super::{container, sandbox};
+use super::{container, sandbox, streaming};
 use crate::runtime::Runtime;
+use crate::streaming::StreamingServer;
 
 pub struct RuntimeServiceImpl {
     pub cgroup_driver: CgroupDriver,
     pub runtime: Arc<Runtime>,
+    /// Where Exec, Attach and PortForward streams are served.
+    pub streaming: Arc<StreamingServer>,
 }
 
 /// The answer for an RPC whose capability has not landed yet.
@@ -28,8 +31,6 @@ fn not_yet(rpc: &str, issue: &str) -> Status {
         format!("{rpc} is not implemented yet in cri-server ({issue})"),
     )
 }
-
-const STREAMING: &str = "streaming, stats and events: issue #5";
 
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
@@ -236,17 +237,29 @@ impl RuntimeService for RuntimeServiceImpl {
             container::exec_sync(&self.runtime, req.into_inner()).await?,
         ))
     }
-    async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(not_yet("Exec", STREAMING))
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Ok(Response::new(streaming::exec(
+            &self.streaming,
+            req.into_inner(),
+        )?))
     }
-    async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        Err(not_yet("Attach", STREAMING))
+    async fn attach(
+        &self,
+        req: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        Ok(Response::new(streaming::attach(
+            &self.streaming,
+            req.into_inner(),
+        )?))
     }
     async fn port_forward(
         &self,
-        _: Request<PortForwardRequest>,
+        req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        Err(not_yet("PortForward", STREAMING))
+        Ok(Response::new(streaming::port_forward(
+            &self.streaming,
+            req.into_inner(),
+        )?))
     }
     async fn container_stats(
         &self,

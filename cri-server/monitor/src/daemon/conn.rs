@@ -7,12 +7,14 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, recv};
+use nix::sys::socket::{MsgFlags, recv, send};
 
-use cri_monitor::protocol::{Request, Response};
+use cri_monitor::protocol::{Request, Response, attach};
 
 /// A request line longer than this closes the connection.
 const MAX_REQUEST: usize = 64 * 1024;
+/// Attach output queued for a peer that does not read, before it is dropped.
+const MAX_ATTACH_BACKLOG: usize = 1 << 20;
 /// How long an answer may wait for a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -25,6 +27,10 @@ pub struct Connection {
     pub busy: bool,
     /// The peer hung up or misbehaved: drop the connection.
     pub closed: bool,
+    /// The container (key) this connection is attached to, after an `attach`.
+    pub attached: Option<u64>,
+    /// Attach output not yet taken by the peer.
+    out: Vec<u8>,
 }
 
 impl Connection {
@@ -37,6 +43,8 @@ impl Connection {
             buf: Vec::new(),
             busy: false,
             closed: false,
+            attached: None,
+            out: Vec::new(),
         })
     }
 
@@ -50,6 +58,13 @@ impl Connection {
                 }
                 Ok(n) => {
                     self.buf.extend_from_slice(&scratch[..n]);
+                    if self.attached.is_some() {
+                        if self.buf.len() > MAX_ATTACH_BACKLOG {
+                            self.closed = true;
+                            return;
+                        }
+                        continue;
+                    }
                     if self.buf.len() > MAX_REQUEST && !self.buf.contains(&b'\n') {
                         let _ = self.respond(&Response::error("request line too long"));
                         self.closed = true;
@@ -64,6 +79,63 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// The next whole attach frame from the peer (kind, payload); a bad one closes.
+    pub fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        match attach::parse(&self.buf)? {
+            Ok((kind, payload, used)) => {
+                let frame = (kind, payload.to_vec());
+                self.buf.drain(..used);
+                Some(frame)
+            }
+            Err(_) => {
+                self.closed = true;
+                None
+            }
+        }
+    }
+
+    /// Queues attach output for the peer and writes what it takes now. A peer that lets
+    /// more than `MAX_ATTACH_BACKLOG` pile up is dropped.
+    pub fn forward(&mut self, kind: u8, data: &[u8]) {
+        if self.closed {
+            return;
+        }
+        self.out.extend(attach::frame(kind, data));
+        self.flush();
+        if self.out.len() > MAX_ATTACH_BACKLOG {
+            self.closed = true;
+        }
+    }
+
+    /// Writes queued attach output without blocking.
+    pub fn flush(&mut self) {
+        while !self.out.is_empty() && !self.closed {
+            match send(self.stream.as_raw_fd(), &self.out, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(_) => self.closed = true,
+            }
+        }
+    }
+
+    /// Attach output is waiting for the peer.
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The attached container ended: write what is queued (waiting up to the write time-out)
+    /// and close.
+    pub fn end_attach(&mut self) {
+        if !self.closed && !self.out.is_empty() {
+            let _ = self.stream.write_all(&self.out);
+        }
+        self.out.clear();
+        self.closed = true;
     }
 
     /// The next complete request line, parsed; `Err` holds the answer for a bad one.

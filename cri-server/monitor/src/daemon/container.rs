@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use cri_monitor::protocol::ExitRecord;
+use cri_monitor::protocol::{ExitRecord, attach};
 
 use super::cri_log::{LineSplitter, Stream};
 use super::diag::diag;
@@ -19,13 +19,19 @@ pub struct Output {
     pub file: File,
     splitter: LineSplitter,
     /// A pty master reports the end with EIO instead of EOF.
-    is_pty: bool,
+    pub is_pty: bool,
+    /// The attach frame kind its data goes out as.
+    pub kind: u8,
 }
 
 impl Output {
     pub fn pipe(fd: OwnedFd, stream: Stream) -> Self {
         Output {
             file: File::from(fd),
+            kind: match stream {
+                Stream::Stdout => attach::STDOUT,
+                Stream::Stderr => attach::STDERR,
+            },
             splitter: LineSplitter::new(stream),
             is_pty: false,
         }
@@ -36,6 +42,7 @@ impl Output {
             file: File::from(fd),
             splitter: LineSplitter::new(Stream::Stdout),
             is_pty: true,
+            kind: attach::STDOUT,
         }
     }
 }
@@ -93,14 +100,74 @@ impl Container {
         }
     }
 
-    /// Reads once from output `index` (ready per poll) and logs what came.
-    pub fn read_output(&mut self, index: usize, buf: &mut [u8], out: &mut Vec<u8>) -> ReadOutcome {
-        let outcome = read_once(&mut self.outputs[index], buf, out);
+    /// Reads once from output `index` (ready per poll) and logs what came. Also returns the
+    /// attach kind and length of what was read (it is in `buf[..len]`).
+    pub fn read_output(
+        &mut self,
+        index: usize,
+        buf: &mut [u8],
+        out: &mut Vec<u8>,
+    ) -> (ReadOutcome, u8, usize) {
+        let kind = self.outputs[index].kind;
+        let (outcome, len) = read_once(&mut self.outputs[index], buf, out);
         if outcome == ReadOutcome::Closed {
             self.outputs.remove(index);
         }
         self.write_log(out);
-        outcome
+        (outcome, kind, len)
+    }
+
+    /// The container has a terminal (its only output is the pty master).
+    pub fn is_tty(&self) -> bool {
+        self.outputs.first().is_some_and(|o| o.is_pty)
+    }
+
+    /// Writes attach input to the container's stdin (the pty master for a tty) without
+    /// blocking; what does not fit now is dropped (and reported).
+    pub fn write_stdin(&mut self, data: &[u8]) -> io::Result<()> {
+        let written = if let Some(o) = self.outputs.iter_mut().find(|o| o.is_pty) {
+            o.file.write(data)
+        } else if let Some(fd) = &self.stdin {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFL(
+                    nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+                ),
+            )?;
+            nix::unistd::write(fd, data).map_err(io::Error::from)
+        } else {
+            return Err(io::Error::other("the container has no stdin"));
+        }?;
+        if written < data.len() {
+            return Err(io::Error::other(format!(
+                "stdin full: {} of {} bytes dropped",
+                data.len() - written,
+                data.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Closes the container's stdin pipe (a tty keeps its terminal).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Sets the terminal size of a tty container.
+    pub fn resize(&self, width: u16, height: u16) {
+        let Some(o) = self.outputs.iter().find(|o| o.is_pty) else {
+            return;
+        };
+        let ws = libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: TIOCSWINSZ reads one `winsize` from a pointer valid for the call.
+        unsafe { libc::ioctl(o.file.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
 
     /// Reads every output until it would block or ends: used when the init exits and before
@@ -112,7 +179,7 @@ impl Container {
             // Bounded: a pipe holds 64 KiB by default (1 MiB at most); a writer still
             // running could keep it full forever.
             for _ in 0..64 {
-                outcome = read_once(&mut self.outputs[index], buf, out);
+                outcome = read_once(&mut self.outputs[index], buf, out).0;
                 if outcome != ReadOutcome::Data {
                     break;
                 }
@@ -167,17 +234,17 @@ impl Container {
     }
 }
 
-fn read_once(output: &mut Output, buf: &mut [u8], out: &mut Vec<u8>) -> ReadOutcome {
+fn read_once(output: &mut Output, buf: &mut [u8], out: &mut Vec<u8>) -> (ReadOutcome, usize) {
     loop {
         match output.file.read(buf) {
             Ok(0) => break,
             Ok(n) => {
                 let ts = timestamp::format(timestamp::now_unix_nanos());
                 output.splitter.feed(&buf[..n], &ts, out);
-                return ReadOutcome::Data;
+                return (ReadOutcome::Data, n);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Empty,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (ReadOutcome::Empty, 0),
             Err(e) if output.is_pty && e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => {
                 diag!("read container output: {e}");
@@ -187,7 +254,7 @@ fn read_once(output: &mut Output, buf: &mut [u8], out: &mut Vec<u8>) -> ReadOutc
     }
     let ts = timestamp::format(timestamp::now_unix_nanos());
     output.splitter.finish(&ts, out);
-    ReadOutcome::Closed
+    (ReadOutcome::Closed, 0)
 }
 
 /// Opens (creating it 0640, and its dir 0755, if missing) a CRI log file for appending.

@@ -27,6 +27,7 @@ use nix::sys::stat::{Mode, umask};
 
 use cri_monitor::protocol::{
     ContainerInfo, CreateRequest, DIAG_LOG_NAME, PID_FILE_NAME, Request, Response, SOCKET_NAME,
+    attach,
 };
 use cri_monitor::sockpath;
 
@@ -174,9 +175,17 @@ impl Daemon {
             slots.push(Slot::Listener);
             fds.push(PollFd::new(self.listener.as_fd(), readable));
         }
-        for conn in self.conns.iter().filter(|c| !c.busy) {
+        for conn in self.conns.iter().filter(|c| !c.busy || c.wants_write()) {
+            let mut flags = if conn.busy {
+                PollFlags::empty()
+            } else {
+                readable
+            };
+            if conn.wants_write() {
+                flags |= PollFlags::POLLOUT;
+            }
             slots.push(Slot::Conn(conn.key));
-            fds.push(PollFd::new(conn.stream.as_fd(), readable));
+            fds.push(PollFd::new(conn.stream.as_fd(), flags));
         }
         for c in &self.containers {
             for (index, output) in c.outputs.iter().enumerate() {
@@ -216,19 +225,36 @@ impl Daemon {
                 let Some(c) = self.containers.iter_mut().find(|c| c.key == container) else {
                     return;
                 };
-                if index < c.outputs.len()
-                    && c.read_output(index, &mut self.read_buf, &mut self.out_buf)
-                        == ReadOutcome::Closed
-                    && c.outputs.is_empty()
-                {
+                if index >= c.outputs.len() {
+                    return;
+                }
+                let (outcome, kind, len) =
+                    c.read_output(index, &mut self.read_buf, &mut self.out_buf);
+                let ended = outcome == ReadOutcome::Closed && c.outputs.is_empty();
+                if ended {
                     diag!("container={} output closed", c.id);
+                }
+                for conn in self
+                    .conns
+                    .iter_mut()
+                    .filter(|conn| conn.attached == Some(container))
+                {
+                    if len > 0 {
+                        conn.forward(kind, &self.read_buf[..len]);
+                    }
+                    if ended {
+                        conn.end_attach();
+                    }
                 }
             }
             Slot::Signals => self.on_signals(),
             Slot::Listener => self.accept(),
             Slot::Conn(key) => {
                 if let Some(conn) = self.conns.iter_mut().find(|c| c.key == key) {
-                    conn.receive(&mut self.read_buf);
+                    conn.flush();
+                    if !conn.busy {
+                        conn.receive(&mut self.read_buf);
+                    }
                 }
                 self.serve(key);
             }
@@ -273,6 +299,8 @@ impl Daemon {
             .find(|c| c.pid == reaped.pid && c.exit.is_none())
         {
             record_exit(c, &reaped, &mut self.read_buf, &mut self.out_buf);
+            let key = c.key;
+            self.end_attaches(key);
         } else {
             if self.unknown_exits.len() == MAX_UNKNOWN_EXITS {
                 self.unknown_exits.pop_front();
@@ -349,6 +377,70 @@ impl Daemon {
         }
     }
 
+    /// Closes the attach streams of container `key` (after what they have queued).
+    fn end_attaches(&mut self, key: u64) {
+        for conn in self.conns.iter_mut().filter(|c| c.attached == Some(key)) {
+            conn.end_attach();
+        }
+    }
+
+    /// Turns connection `conn` into an attach stream of container `id`.
+    fn attach(&mut self, conn: u64, id: &str) -> Response {
+        let Some(c) = self.containers.iter().find(|c| c.id == id) else {
+            return Response::error(format!("container {id} not found"));
+        };
+        if c.exit.is_some() || c.outputs.is_empty() {
+            return Response::error(format!("container {id} is not running"));
+        }
+        let (key, tty) = (c.key, c.is_tty());
+        if let Some(conn) = self.conns.iter_mut().find(|x| x.key == conn) {
+            conn.attached = Some(key);
+        }
+        diag!("container={id} attached");
+        Response {
+            ok: true,
+            tty: Some(tty),
+            ..Response::default()
+        }
+    }
+
+    /// Applies the attach frames a connection has buffered.
+    fn serve_attach(&mut self, key: u64) {
+        let Some(conn) = self.conns.iter_mut().find(|c| c.key == key) else {
+            return;
+        };
+        let Some(container) = conn.attached else {
+            return;
+        };
+        let mut frames = Vec::new();
+        while let Some(f) = conn.next_frame() {
+            frames.push(f);
+        }
+        let Some(c) = self.containers.iter_mut().find(|c| c.key == container) else {
+            conn.end_attach();
+            return;
+        };
+        for (kind, payload) in frames {
+            match kind {
+                attach::STDIN => {
+                    if let Err(e) = c.write_stdin(&payload) {
+                        diag!("container={} attach stdin: {e}", c.id);
+                    }
+                }
+                attach::CLOSE_STDIN => c.close_stdin(),
+                attach::RESIZE if payload.len() == 4 => c.resize(
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    u16::from_be_bytes([payload[2], payload[3]]),
+                ),
+                _ => {
+                    diag!("container={} attach: bad frame kind {kind}", c.id);
+                    conn.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
     /// Answers the complete requests a connection has buffered, until one must wait.
     fn serve(&mut self, key: u64) {
         loop {
@@ -357,6 +449,9 @@ impl Daemon {
             };
             if conn.busy || conn.closed {
                 return;
+            }
+            if conn.attached.is_some() {
+                return self.serve_attach(key);
             }
             let request = match conn.next_request() {
                 None => return,
@@ -392,6 +487,7 @@ impl Daemon {
                     ..Response::default()
                 },
                 Request::Forget { id } => self.forget(&id),
+                Request::Attach { id } => self.attach(key, &id),
                 Request::Shutdown => {
                     diag!("shutdown requested");
                     self.shutting_down = true;
@@ -468,6 +564,7 @@ impl Daemon {
             c.drain_outputs(&mut self.read_buf, &mut self.out_buf);
             c.close_outputs(&mut self.out_buf);
             diag!("container={id} forgotten (exited={})", c.exit.is_some());
+            self.end_attaches(c.key);
         }
         Response::ok()
     }
