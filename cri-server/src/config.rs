@@ -70,6 +70,11 @@ address = "127.0.0.1:0"
 # How long a URL returned by Exec/Attach/PortForward stays usable (it is single-use).
 token_ttl_secs = 60
 
+[metrics]
+# Prometheus metrics of the daemon itself on GET /metrics (host:port; port 0 picks a free one
+# and writes it to <state_dir>/metrics.addr). Empty turns the endpoint off.
+address = "127.0.0.1:9338"
+
 [runtime]
 # The OCI runtime handler used when a pod names none.
 default_handler = "runc"
@@ -96,6 +101,7 @@ pub struct Config {
     pub cdi: CdiConfig,
     pub stats: StatsConfig,
     pub streaming: StreamingConfig,
+    pub metrics: MetricsConfig,
     pub runtime: RuntimeConfig,
 }
 
@@ -111,6 +117,20 @@ impl Default for StreamingConfig {
         Self {
             address: "127.0.0.1:0".into(),
             token_ttl_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub address: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:9338".into(),
         }
     }
 }
@@ -236,6 +256,7 @@ impl Default for Config {
             cdi: CdiConfig::default(),
             stats: StatsConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -358,6 +379,18 @@ impl Config {
             return Err(invalid(
                 "streaming.address",
                 &format!("{:?} is not an ip:port", self.streaming.address),
+            ));
+        }
+        if !self.metrics.address.is_empty()
+            && self
+                .metrics
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(invalid(
+                "metrics.address",
+                &format!("{:?} is not an ip:port", self.metrics.address),
             ));
         }
         if self.streaming.token_ttl_secs == 0 {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod container;
 pub mod failpoint;
 pub mod image;
+pub mod metrics;
 pub mod network;
 pub mod oci;
 pub mod runtime;

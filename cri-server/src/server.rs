@@ -53,6 +53,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("start the streaming server")?;
 
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    if !config.metrics.address.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.metrics.address)
+            .await
+            .with_context(|| format!("bind the metrics endpoint {}", config.metrics.address))?;
+        let addr = listener.local_addr().context("metrics address")?;
+        let _ = std::fs::write(config.state_dir.join("metrics.addr"), addr.to_string());
+        info!(%addr, "metrics on http://{addr}/metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            runtime.clone(),
+        ));
+    }
+
     let listener = bind(&config.listen)?;
     info!(socket = %config.listen.display(), root = %config.root.display(), "cri-server listening");
 
@@ -61,13 +76,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         runtime,
         streaming,
     };
-    let image = ImageServiceImpl { images };
+    let image = ImageServiceImpl {
+        images,
+        metrics: metrics.clone(),
+    };
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     let in_flight = InFlight::default();
     let serve = tonic::transport::Server::builder()
         .layer(in_flight.clone())
+        .layer(crate::metrics::RpcMetricsLayer(metrics.clone()))
         .add_service(
             RuntimeServiceServer::new(runtime)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -48,6 +48,10 @@ impl CriServer {
             state = dir.path().join("state"),
         );
         // Never the machine's own CNI config: an empty dir of the test's unless it names one.
+        // Tests run side by side: a free port each for the metrics endpoint.
+        if !extra.contains("[metrics]") {
+            config.push_str("[metrics]\naddress = \"127.0.0.1:0\"\n");
+        }
         if !extra.contains("[cni]") {
             config.push_str(&format!(
                 "[cni]\nconf_dir = {:?}\n",

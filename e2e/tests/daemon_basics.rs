@@ -151,3 +151,43 @@ fn second_server_on_a_live_socket_refuses_to_start() {
     // The first server still answers.
     assert!(std::os::unix::net::UnixStream::connect(&server.socket).is_ok());
 }
+
+#[tokio::test]
+async fn metrics_endpoint_counts_calls_and_reports_pods_on_loopback() {
+    let server = CriServer::start("").unwrap();
+    let mut c = server.clients().await.unwrap();
+    for _ in 0..3 {
+        c.runtime
+            .version(VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let addr = std::fs::read_to_string(server.dir.path().join("state/metrics.addr"))
+        .expect("metrics.addr");
+    assert!(addr.starts_with("127.0.0.1:"), "loopback only: {addr}");
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let text = get("/metrics");
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(text.contains("cri_server_grpc_request_duration_seconds_count{method=\"/runtime.v1.RuntimeService/Version\"} 3"), "{text}");
+    assert!(
+        text.contains("cri_server_pods{state=\"ready\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cri_server_containers{state=\"running\"} 0"),
+        "{text}"
+    );
+    assert!(get("/other").contains(" 404 "));
+}

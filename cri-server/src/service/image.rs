@@ -18,6 +18,7 @@ use crate::image::{ImageRecord, ImageStore, auth};
 
 pub struct ImageServiceImpl {
     pub images: Arc<ImageStore>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn image_name(spec: Option<&ImageSpec>) -> Result<&str, Status> {
@@ -66,10 +67,12 @@ impl ImageService for ImageServiceImpl {
         // (a retry finds the layers done).
         let images = self.images.clone();
         let name = name.to_string();
+        let started = std::time::Instant::now();
         let id = tokio::spawn(async move { images.pull(&name, cred).await })
             .await
             .map_err(|e| Status::internal(format!("pull task: {e}")))?
             .map_err(image_status)?;
+        self.metrics.observe_pull(started.elapsed().as_secs_f64());
         Ok(Response::new(PullImageResponse { image_ref: id }))
     }
 
