@@ -120,8 +120,15 @@ fn main() -> ExitCode {
     init_tracing(&config);
     // Few malloc arenas: a daemon that mostly waits should not keep one per thread that once
     // buffered a pull.
-    // SAFETY: mallopt only sets an allocator tunable, before any other thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    // SAFETY: mallopt only sets allocator tunables, before any other thread exists.
+    // A fixed mmap threshold: large buffers (layer unpacking, gRPC messages) are mapped and
+    // unmapped instead of growing the heap for good (glibc's adaptive threshold would
+    // otherwise climb after the first pull).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
