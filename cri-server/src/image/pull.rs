@@ -80,6 +80,10 @@ impl Drop for ActivePull<'_> {
             == 1
         {
             self.0.clients.lock().expect("clients lock").clear();
+            // Hand the pull's buffers and the clients back to the system instead of keeping
+            // them in the heap.
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe { libc::malloc_trim(0) };
         }
     }
 }
@@ -457,9 +461,6 @@ impl ImageStore {
         self.mark_pending(&chains, false);
         let id = stored?;
         info!(image = %name, id = %id, elapsed_ms = started.elapsed().as_millis() as u64, "image pulled");
-        // Hand the pull's buffers back to the system instead of keeping them in the heap.
-        // SAFETY: malloc_trim only releases free memory.
-        unsafe { libc::malloc_trim(0) };
         Ok(id)
     }
 
