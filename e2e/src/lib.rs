@@ -5,4 +5,5 @@ pub mod cri;
 pub mod daemon;
 pub mod images;
 pub mod netns;
+pub mod node;
 pub mod registry;
