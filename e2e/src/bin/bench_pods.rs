@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -124,54 +124,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// Finds (and, run under cargo, first builds in this binary's profile) cri-server and the
-/// cri-monitor it runs from its own directory. `cargo run -p e2e` builds only e2e's targets,
-/// so without this stale or missing daemons would be measured.
-fn cri_server_binary(build: bool) -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("CRI_SERVER_BIN") {
-        let p = PathBuf::from(p);
-        ensure!(p.is_file(), "CRI_SERVER_BIN={} is not a file", p.display());
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().context("exe without a directory")?;
-    let bin = profile_dir.join("cri-server");
-    if build && let Some(cargo) = std::env::var_os("CARGO") {
-        let profile = profile_dir
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("debug");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "cri-server", "-p", "cri-monitor"]);
-        if profile != "debug" {
-            cmd.args(["--profile", profile]);
-        }
-        if let Some(target_dir) = profile_dir.parent() {
-            cmd.arg("--target-dir").arg(target_dir);
-        }
-        eprintln!("building cri-server and cri-monitor ({profile})...");
-        let status = cmd.status().context("run cargo build -p cri-server")?;
-        ensure!(
-            status.success(),
-            "cargo build -p cri-server -p cri-monitor failed ({status}); pass --no-build to use {}",
-            bin.display()
-        );
-    }
-    ensure!(
-        bin.is_file(),
-        "{} not found: run `cargo build --release -p cri-server -p cri-monitor` (or set \
-         CRI_SERVER_BIN)",
-        bin.display()
-    );
-    let monitor = bin.with_file_name("cri-monitor");
-    ensure!(
-        monitor.is_file(),
-        "{} not found next to cri-server: run `cargo build --release -p cri-monitor`",
-        monitor.display()
-    );
-    Ok(bin)
-}
-
 fn main() -> ExitCode {
     match bench_main() {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,7 +155,7 @@ fn bench_main() -> Result<()> {
             p.display()
         );
     }
-    let bin = cri_server_binary(args.build)?;
+    let bin = e2e::daemon::daemon_binaries(args.build)?;
     // SAFETY: no other thread exists yet (the tokio runtime is built below); CriServer reads
     // this to find the binary.
     unsafe { std::env::set_var("CRI_SERVER_BIN", &bin) };

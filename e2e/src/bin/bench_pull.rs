@@ -11,8 +11,8 @@
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -74,54 +74,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// Finds (and, run under cargo, first builds in this binary's profile) the cri-server binary.
-/// `cargo run -p e2e` builds only e2e's own targets, so without this a stale or missing
-/// cri-server would be measured.
-fn cri_server_binary(build: bool) -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("CRI_SERVER_BIN") {
-        let p = PathBuf::from(p);
-        ensure!(p.is_file(), "CRI_SERVER_BIN={} is not a file", p.display());
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().context("exe without a directory")?;
-    let bin = profile_dir.join("cri-server");
-    if build && let Some(cargo) = std::env::var_os("CARGO") {
-        let profile = profile_dir
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("debug");
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "cri-server",
-            "--bin",
-            "cri-server",
-        ]);
-        if profile != "debug" {
-            cmd.args(["--profile", profile]);
-        }
-        if let Some(target_dir) = profile_dir.parent() {
-            cmd.arg("--target-dir").arg(target_dir);
-        }
-        eprintln!("building cri-server ({profile})...");
-        let status = cmd.status().context("run cargo build -p cri-server")?;
-        ensure!(
-            status.success(),
-            "cargo build -p cri-server failed ({status}); pass --no-build to use {}",
-            bin.display()
-        );
-    }
-    ensure!(
-        bin.is_file(),
-        "{} not found: run `cargo build --release -p cri-server` (or set CRI_SERVER_BIN)",
-        bin.display()
-    );
-    Ok(bin)
-}
-
 fn main() -> ExitCode {
     match bench_main() {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +89,7 @@ fn main() -> ExitCode {
 
 fn bench_main() -> Result<()> {
     let args = parse_args()?;
-    let bin = cri_server_binary(args.build)?;
+    let bin = e2e::daemon::daemon_binaries(args.build)?;
     // SAFETY: no other thread exists yet (the tokio runtime is built below); CriServer reads
     // this to find the binary.
     unsafe { std::env::set_var("CRI_SERVER_BIN", &bin) };
