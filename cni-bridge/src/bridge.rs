@@ -57,7 +57,9 @@ pub fn ensure(nl: &mut Netlink, conf: &NetConf) -> Result<(Link, bool)> {
 /// Puts `gw` on the bridge; returns whether it had to be added. Another address of the family (for IPv6: an overlapping one) is
 /// replaced with `forceAddress` and refused without it, as the reference plugin does.
 pub fn ensure_gateway(nl: &mut Netlink, br: &Link, gw: IpNet, force: bool) -> Result<bool> {
-    let current = addr::list(nl, br.index).context(|| format!("list addresses of {}", br.name))?;
+    // Only the family matters: a gateway never clashes with an address of the other one.
+    let current = addr::list_family(nl, br.index, Some(gw.addr().is_ipv6()))
+        .context(|| format!("list addresses of {}", br.name))?;
     for a in current {
         if a == gw {
             return Ok(false);

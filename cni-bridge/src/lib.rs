@@ -10,4 +10,5 @@ pub mod masq;
 pub mod netlink;
 pub mod netns;
 pub mod pod;
+pub mod trace;
 pub mod veth;

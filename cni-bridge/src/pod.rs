@@ -1,5 +1,6 @@
-//! The pod side, run on a thread inside the pod's network namespace: the interface's
-//! addresses and routes, and reading them back for CHECK.
+//! The pod side: the interface's addresses and routes (ADD, through a socket opened in the
+//! pod's network namespace), reading them back for CHECK and deleting the interface (both
+//! run on a thread inside that namespace).
 
 use std::net::IpAddr;
 
@@ -7,30 +8,60 @@ use crate::cni::result::{IpConfig, Route};
 use crate::cni::{Context, Error, Result};
 use crate::netlink::link::{self, Link};
 use crate::netlink::route::RouteEntry;
-use crate::netlink::{Netlink, addr, route};
+use crate::netlink::{CREATE_EXCL, Netlink, addr, route};
 
-/// Brings `ifname` (already created) up, configures it, and returns what the result reports.
-pub fn configure(ifname: &str, ips: &[IpConfig], routes: &[Route]) -> Result<Link> {
-    let mut nl = Netlink::open().context(|| "open netlink in the pod namespace".into())?;
-    let link = link::by_name(&mut nl, ifname)
-        .context(|| format!("look up {ifname} in the pod"))?
-        .ok_or_else(|| Error::Internal(format!("{ifname} missing in the pod after creation")))?;
-    link::set_flags(&mut nl, link.index, true, None).context(|| format!("set {ifname} up"))?;
+/// Brings `ifname` (already created; `index` when known) up, configures it, and returns what
+/// the result reports. `nl` is a socket opened inside the pod's namespace. Everything goes to
+/// the kernel in one batch, run in order: up, addresses, routes, then the link read back.
+pub fn configure(
+    nl: &mut Netlink,
+    ifname: &str,
+    index: Option<u32>,
+    ips: &[IpConfig],
+    routes: &[Route],
+) -> Result<Link> {
+    crate::trace::mark("pod socket open");
+    let index = match index {
+        Some(i) => i,
+        None => {
+            link::by_name(nl, ifname)
+                .context(|| format!("look up {ifname} in the pod"))?
+                .ok_or_else(|| {
+                    Error::Internal(format!("{ifname} missing in the pod after creation"))
+                })?
+                .index
+        }
+    };
+    let mut reqs = vec![(link::flags_message(index, true, None), 0)];
     for ip in ips {
-        addr::add(&mut nl, link.index, &ip.address)
-            .context(|| format!("add address {} to {ifname}", ip.address))?;
+        reqs.push((addr::add_message(index, &ip.address), CREATE_EXCL));
     }
+    let mut gws = Vec::with_capacity(routes.len());
     for r in routes {
         let gw =
             r.gw.or_else(|| default_gateway(ips, r.dst.addr().is_ipv4()));
+        gws.push(gw);
         let entry = RouteEntry {
             mtu: r.mtu,
             advmss: r.advmss,
             priority: r.priority,
             table: r.table,
-            ..RouteEntry::new(r.dst, gw, link.index)
+            ..RouteEntry::new(r.dst, gw, index)
         };
-        match route::add(&mut nl, &entry) {
+        reqs.push((route::add_message(&entry), CREATE_EXCL));
+    }
+    reqs.push((link::get_message(index, None), 0));
+    let mut answers = nl
+        .batch(reqs)
+        .context(|| format!("configure {ifname} in the pod"))?
+        .into_iter();
+    let mut next = || answers.next().expect("one answer per request");
+    next().context(|| format!("set {ifname} up"))?;
+    for ip in ips {
+        next().context(|| format!("add address {} to {ifname}", ip.address))?;
+    }
+    for (r, gw) in routes.iter().zip(gws) {
+        match next() {
             Err(e) if !e.is_exists() => {
                 return Err(Error::netlink(
                     format!("add route {} via {gw:?} on {ifname}", r.dst),
@@ -40,7 +71,11 @@ pub fn configure(ifname: &str, ips: &[IpConfig], routes: &[Route]) -> Result<Lin
             _ => {}
         }
     }
-    Ok(link)
+    next()
+        .context(|| format!("look up {ifname} in the pod"))?
+        .into_iter()
+        .find_map(Link::from_answer)
+        .ok_or_else(|| Error::Internal(format!("{ifname} missing in the pod after creation")))
 }
 
 fn default_gateway(ips: &[IpConfig], v4: bool) -> Option<IpAddr> {

@@ -13,7 +13,7 @@ use crate::cni::{Context, Error, Result};
 use crate::ipam::{Ipam, Lease};
 use crate::masq;
 use crate::netlink::Netlink;
-use crate::netlink::link::{self, VethSpec};
+use crate::netlink::link::{self, Link, VethSpec};
 use crate::netns;
 use crate::pod;
 use crate::veth;
@@ -24,8 +24,10 @@ pub fn add(conf: &NetConf, env: &Env, raw: &[u8]) -> Result<CniResult> {
         .context(|| format!("open network namespace {}", netns_path.display()))?;
     let mac = requested_mac(conf, env)?;
     let ipam = Ipam::from_conf(conf)?;
+    crate::trace::mark("parsed");
 
     let mut lease = ipam.add(conf, env, raw)?;
+    crate::trace::mark("ipam allocated");
     let host_name = veth::host_name(&env.container_id, &env.ifname);
     let mut nl = None;
     match wire(
@@ -62,6 +64,7 @@ fn wire(
 ) -> Result<CniResult> {
     let nl = nl_slot.insert(Netlink::open().context(|| "open netlink".into())?);
     let (br, created) = bridge::ensure(nl, conf)?;
+    crate::trace::mark("bridge ensured");
 
     // Gateways: from IPAM, or the subnet's first address when IPAM gave none.
     for ip in &mut lease.ips {
@@ -92,18 +95,7 @@ fn wire(
         }
         let gws: Vec<IpAddr> = lease.ips.iter().filter_map(|i| i.gateway).collect();
         bridge::enable_forwarding(&gws)?;
-    }
-
-    create_veth(nl, conf, env, netns, mac, host_name, br.index)?;
-    let host = link::by_name(nl, host_name)
-        .context(|| format!("look up {host_name}"))?
-        .ok_or_else(|| Error::Internal(format!("{host_name} vanished after creation")))?;
-    let alias = veth::alias(&conf.name, &env.container_id, &env.ifname);
-    link::set_port(nl, host.index, &alias, conf.hairpin_mode)
-        .context(|| format!("configure bridge port {host_name}"))?;
-    if let Some(vid) = conf.vlan() {
-        link::set_access_vlan(nl, host.index, vid, false)
-            .context(|| format!("set VLAN {vid} on {host_name}"))?;
+        crate::trace::mark("gateway+forwarding");
     }
 
     // Routes: IPAM's, plus a default route per family with isDefaultGateway.
@@ -127,19 +119,70 @@ fn wire(
         }
     }
 
-    let ifname = env.ifname.clone();
-    let ips = lease.ips.clone();
-    let pod_routes = routes.clone();
-    let pod_link = netns::run_in(netns, move || pod::configure(&ifname, &ips, &pod_routes))
-        .context(|| format!("enter network namespace {}", netns_path.display()))??;
+    let echoed = create_veth(nl, conf, env, netns, mac, host_name, br.index)?;
+    crate::trace::mark("veth created");
+    // One batch: label the port as ours, with its hairpin mode unless it is a new port's
+    // default (off) (by index when the kernel echoed the new link, else by name); read the
+    // host end back when it was not echoed; read the bridge again (its MAC may have followed
+    // the new port's).
+    let alias = veth::alias(&conf.name, &env.container_id, &env.ifname);
+    let (index, name) = match &echoed {
+        Some(h) => (h.index, None),
+        None => (0, Some(host_name)),
+    };
+    let label = if conf.hairpin_mode {
+        link::port_message(index, name, &alias, true)
+    } else {
+        link::alias_message(index, name, &alias)
+    };
+    let mut reqs = vec![(label, 0)];
+    if echoed.is_none() {
+        reqs.push((link::get_message(0, Some(host_name)), 0));
+    }
+    reqs.push((link::get_message(br.index, None), 0));
+    let mut answers = nl
+        .batch(reqs)
+        .context(|| format!("configure bridge port {host_name}"))?
+        .into_iter();
+    let mut next = || answers.next().expect("one answer per request");
+    next().context(|| format!("configure bridge port {host_name}"))?;
+    let host = match echoed {
+        Some(h) => h,
+        None => next()
+            .context(|| format!("look up {host_name}"))?
+            .into_iter()
+            .find_map(Link::from_answer)
+            .ok_or_else(|| Error::Internal(format!("{host_name} vanished after creation")))?,
+    };
+    let br_mac = match next() {
+        Ok(objs) => objs
+            .into_iter()
+            .find_map(Link::from_answer)
+            .map(|b| format_mac(&b.mac))
+            .unwrap_or_default(),
+        Err(e) if e.is_not_found() => String::new(),
+        Err(e) => return Err(Error::netlink(format!("look up bridge {br_name}"), e)),
+    };
+    crate::trace::mark("port set");
+    if let Some(vid) = conf.vlan() {
+        link::set_access_vlan(nl, host.index, vid, false)
+            .context(|| format!("set VLAN {vid} on {host_name}"))?;
+    }
+
+    // The pod side, through a socket opened in the pod's namespace (by this thread, which
+    // goes back at once: no thread to start).
+    let mut pod_nl = netns::with_thread_in(netns, Netlink::open)
+        .context(|| format!("enter network namespace {}", netns_path.display()))?
+        .context(|| "open netlink in the pod namespace".into())?;
+    let pod_link = pod::configure(&mut pod_nl, &env.ifname, host.link, &lease.ips, &routes)?;
+    drop(pod_nl);
+    crate::trace::mark("pod configured");
 
     if conf.ip_masq {
         let nets: Vec<IpNet> = lease.ips.iter().map(|i| i.address).collect();
         masq::add(&conf.name, &nets)?;
     }
 
-    let br_now = link::by_name(nl, &br_name).context(|| format!("look up bridge {br_name}"))?;
-    let br_mac = br_now.map(|b| format_mac(&b.mac)).unwrap_or_default();
     let mut result = CniResult {
         interfaces: vec![
             Interface {
@@ -177,7 +220,8 @@ fn wire(
 }
 
 /// Creates the pair; a stale host end left by an earlier ADD of the same attachment is
-/// replaced, anything else with that name is left alone.
+/// replaced, anything else with that name is left alone. Returns the host end when the kernel
+/// echoed it.
 fn create_veth(
     nl: &mut Netlink,
     conf: &NetConf,
@@ -186,20 +230,20 @@ fn create_veth(
     mac: Option<[u8; 6]>,
     host_name: &str,
     master: u32,
-) -> Result<()> {
+) -> Result<Option<Link>> {
     use std::os::fd::AsFd;
     let spec = VethSpec {
         host_name,
         peer_name: &env.ifname,
         peer_netns: netns.as_fd(),
-        master,
+        master: Some(master),
         mtu: conf.mtu,
         peer_mac: mac,
     };
     let mut waited_for_pod = false;
     for attempt in 0..3 {
         let e = match link::create_veth(nl, &spec) {
-            Ok(()) => return Ok(()),
+            Ok(echoed) => return Ok(echoed),
             Err(e) => e,
         };
         if !e.is_exists() || attempt == 2 {

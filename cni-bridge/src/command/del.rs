@@ -52,6 +52,7 @@ fn in_background(work: impl FnOnce()) -> std::result::Result<(), ()> {
 pub fn del(conf: &NetConf, env: &Env, raw: &[u8]) -> Result<()> {
     let ipam = Ipam::from_conf(conf)?;
     let mut freed = ipam.del(conf, env, raw)?;
+    crate::trace::mark("ipam released");
     // Masquerade entries to drop: the freed addresses, and prevResult's for delegated IPAM.
     let mut masq_ips = Vec::new();
     if conf.ip_masq {
@@ -80,6 +81,7 @@ pub fn del(conf: &NetConf, env: &Env, raw: &[u8]) -> Result<()> {
             // the kernel and is finished by a detached child.
             link::set_flags(&mut nl, l.index, false, None)
                 .context(|| format!("set {host_name} down"))?;
+            crate::trace::mark("host end down");
             return in_background(|| {
                 let _ = unmasquerade();
                 let _ = link::delete(&mut nl, l.index);

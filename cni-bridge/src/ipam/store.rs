@@ -56,8 +56,14 @@ impl Store {
 
     /// Creates the directory if needed and takes the exclusive lock.
     pub fn lock(&self) -> io::Result<Locked<'_>> {
-        fs::create_dir_all(&self.dir)?;
-        let dir = File::open(&self.dir)?;
+        let dir = match File::open(&self.dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.dir)?;
+                File::open(&self.dir)?
+            }
+            Err(e) => return Err(e),
+        };
         let lock =
             Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
         Ok(Locked {
@@ -110,11 +116,23 @@ impl Locked<'_> {
         fs::read_to_string(p).ok()?.trim().parse().ok()
     }
 
+    /// Rewrites `last_reserved_ip.<set>` in place. Not with `O_TRUNC`: on ext4, truncating a
+    /// file to zero and rewriting it forces its data out at close (`auto_da_alloc`), which
+    /// costs up to milliseconds, under the store lock. The file is shortened only when the
+    /// new address is shorter than the old one.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> io::Result<()> {
-        fs::write(
-            self.store.dir.join(format!("last_reserved_ip.{set}")),
-            ip.to_string(),
-        )
+        use std::os::unix::fs::FileExt;
+        let text = ip.to_string();
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.store.dir.join(format!("last_reserved_ip.{set}")))?;
+        f.write_all_at(text.as_bytes(), 0)?;
+        if f.metadata()?.len() > text.len() as u64 {
+            f.set_len(text.len() as u64)?;
+        }
+        Ok(())
     }
 
     /// Every recorded allocation.
@@ -153,5 +171,25 @@ impl Locked<'_> {
             }
         }
         Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_reserved_is_rewritten_in_place_and_shortened_when_needed() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::new(d.path(), "n");
+        let locked = store.lock().unwrap();
+        let file = d.path().join("n/last_reserved_ip.0");
+        for ip in ["10.9.0.100", "10.9.0.7", "10.9.0.255", "fd00::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            locked.set_last_reserved(0, ip).unwrap();
+            // Exactly the address: host-local parses the whole file.
+            assert_eq!(fs::read_to_string(&file).unwrap(), ip.to_string());
+            assert_eq!(locked.last_reserved(0), Some(ip));
+        }
     }
 }

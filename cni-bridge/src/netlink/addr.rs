@@ -29,6 +29,11 @@ fn message(index: u32, net: &IpNet) -> AddressMessage {
 /// Adds an address. IPv6 addresses skip duplicate address detection: the IPAM store already
 /// guarantees uniqueness, and waiting for DAD would stall the pod for a second.
 pub fn add(nl: &mut Netlink, index: u32, net: &IpNet) -> Result<()> {
+    nl.request(add_message(index, net), CREATE_EXCL)
+}
+
+/// The request of [`add`] (to send with `CREATE_EXCL`).
+pub fn add_message(index: u32, net: &IpNet) -> RouteNetlinkMessage {
     let mut msg = message(index, net);
     if let IpNet::V4(v4) = net {
         msg.attributes
@@ -37,7 +42,7 @@ pub fn add(nl: &mut Netlink, index: u32, net: &IpNet) -> Result<()> {
         msg.attributes
             .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
-    nl.request(RouteNetlinkMessage::NewAddress(msg), CREATE_EXCL)
+    RouteNetlinkMessage::NewAddress(msg)
 }
 
 pub fn delete(nl: &mut Netlink, index: u32, net: &IpNet) -> Result<()> {
@@ -46,8 +51,18 @@ pub fn delete(nl: &mut Netlink, index: u32, net: &IpNet) -> Result<()> {
 
 /// The addresses on one link (all families).
 pub fn list(nl: &mut Netlink, index: u32) -> Result<Vec<IpNet>> {
+    list_family(nl, index, None)
+}
+
+/// The addresses of one family (`None`: all) on one link.
+pub fn list_family(nl: &mut Netlink, index: u32, v6: Option<bool>) -> Result<Vec<IpNet>> {
     let mut req = AddressMessage::default();
     req.header.index = index;
+    req.header.family = match v6 {
+        None => AddressFamily::Unspec,
+        Some(false) => AddressFamily::Inet,
+        Some(true) => AddressFamily::Inet6,
+    };
     let mut out = Vec::new();
     for m in nl.dump(RouteNetlinkMessage::GetAddress(req))? {
         let RouteNetlinkMessage::NewAddress(m) = m else {

@@ -2,10 +2,11 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use netlink_packet_core::NLM_F_ECHO;
 use netlink_packet_route::link::{
     AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
-    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkExtentMask,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -21,6 +22,8 @@ pub struct Link {
     pub up: bool,
     pub promisc: bool,
     pub master: Option<u32>,
+    /// IFLA_LINK: for a veth, its peer's index (in the peer's namespace).
+    pub link: Option<u32>,
     pub kind: Option<String>,
     pub alias: Option<String>,
     pub hairpin: Option<bool>,
@@ -28,6 +31,14 @@ pub struct Link {
 }
 
 impl Link {
+    /// The link in a GETLINK answer or an RTM_NEWLINK notification.
+    pub fn from_answer(msg: RouteNetlinkMessage) -> Option<Link> {
+        match msg {
+            RouteNetlinkMessage::NewLink(m) => Some(Link::from_message(m)),
+            _ => None,
+        }
+    }
+
     fn from_message(msg: LinkMessage) -> Link {
         let mut link = Link {
             index: msg.header.index,
@@ -41,6 +52,7 @@ impl Link {
                 LinkAttribute::Address(a) => link.mac = a,
                 LinkAttribute::Mtu(m) => link.mtu = m,
                 LinkAttribute::Controller(m) => link.master = Some(m),
+                LinkAttribute::Link(l) => link.link = Some(l),
                 LinkAttribute::IfAlias(a) => link.alias = Some(a),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
@@ -78,10 +90,18 @@ fn message(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
     msg
 }
 
+/// A GETLINK request by name (`index` 0) or index. Counters are left out of the answer.
+pub fn get_message(index: u32, name: Option<&str>) -> RouteNetlinkMessage {
+    let mut attrs = vec![LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])];
+    if let Some(name) = name {
+        attrs.push(LinkAttribute::IfName(name.to_string()));
+    }
+    RouteNetlinkMessage::GetLink(message(index, attrs))
+}
+
 /// Looks a link up by name; `None` when there is no such link.
 pub fn by_name(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
-    let msg = message(0, vec![LinkAttribute::IfName(name.to_string())]);
-    match nl.get(RouteNetlinkMessage::GetLink(msg)) {
+    match nl.get(get_message(0, Some(name))) {
         Ok(RouteNetlinkMessage::NewLink(m)) => Ok(Some(Link::from_message(m))),
         Ok(_) => Ok(None),
         Err(e) if e.is_not_found() => Ok(None),
@@ -91,7 +111,7 @@ pub fn by_name(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
 
 /// Looks a link up by index; `None` when there is no such link.
 pub fn by_index(nl: &mut Netlink, index: u32) -> Result<Option<Link>> {
-    match nl.get(RouteNetlinkMessage::GetLink(message(index, vec![]))) {
+    match nl.get(get_message(index, None)) {
         Ok(RouteNetlinkMessage::NewLink(m)) => Ok(Some(Link::from_message(m))),
         Ok(_) => Ok(None),
         Err(e) if e.is_not_found() => Ok(None),
@@ -158,6 +178,11 @@ pub fn set_vlan_filtering(nl: &mut Netlink, index: u32) -> Result<()> {
 
 /// Sets IFF_UP and, optionally, IFF_PROMISC on a link.
 pub fn set_flags(nl: &mut Netlink, index: u32, up: bool, promisc: Option<bool>) -> Result<()> {
+    nl.request(flags_message(index, up, promisc), 0)
+}
+
+/// The request of [`set_flags`].
+pub fn flags_message(index: u32, up: bool, promisc: Option<bool>) -> RouteNetlinkMessage {
     let mut msg = message(index, vec![]);
     msg.header.change_mask = LinkFlags::Up;
     if up {
@@ -169,7 +194,7 @@ pub fn set_flags(nl: &mut Netlink, index: u32, up: bool, promisc: Option<bool>) 
             msg.header.flags |= LinkFlags::Promisc;
         }
     }
-    nl.request(RouteNetlinkMessage::SetLink(msg), 0)
+    RouteNetlinkMessage::SetLink(msg)
 }
 
 /// Sets a link's hardware address.
@@ -183,18 +208,28 @@ pub struct VethSpec<'a> {
     pub host_name: &'a str,
     pub peer_name: &'a str,
     pub peer_netns: BorrowedFd<'a>,
-    pub master: u32,
+    /// The bridge to attach the host end to, up; `None`: the host end is created down and
+    /// on no bridge.
+    pub master: Option<u32>,
     pub mtu: Option<u32>,
     pub peer_mac: Option<[u8; 6]>,
 }
 
-/// Creates a veth pair in one request: host end attached to `master` and up, peer created
-/// directly inside the pod namespace (down).
-pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<()> {
+/// Creates a veth pair in one request: host end attached to `master` and up (or down and
+/// unattached), peer created directly inside the pod namespace (down). Returns the host end
+/// as the kernel echoes it (Linux 6.3 and later: index, MAC, peer index; not yet its master),
+/// `None` on older kernels.
+pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<Option<Link>> {
+    // One queue each way per end. The kernel's default is one per possible CPU, each with
+    // its sysfs objects to create (and later remove): on a many-core node that is most of the
+    // pair's cost, and the bridge path does not use them (a veth without XDP hands packets to
+    // the per-CPU backlog whatever its queue).
+    let queues = [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)];
     let mut peer_attrs = vec![
         LinkAttribute::IfName(spec.peer_name.to_string()),
         LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()),
     ];
+    peer_attrs.extend(queues.clone());
     if let Some(mtu) = spec.mtu {
         peer_attrs.push(LinkAttribute::Mtu(mtu));
     }
@@ -207,36 +242,68 @@ pub fn create_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<()> {
 
     let mut attrs = vec![
         LinkAttribute::IfName(spec.host_name.to_string()),
-        LinkAttribute::Controller(spec.master),
         LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]),
     ];
+    attrs.extend(queues);
     if let Some(mtu) = spec.mtu {
         attrs.push(LinkAttribute::Mtu(mtu));
     }
     let mut msg = message(0, attrs);
-    msg.header.flags = LinkFlags::Up;
-    msg.header.change_mask = LinkFlags::Up;
-    nl.request(RouteNetlinkMessage::NewLink(msg), CREATE_EXCL)
+    if let Some(master) = spec.master {
+        msg.attributes.push(LinkAttribute::Controller(master));
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+    }
+    let answer = nl
+        .batch(vec![(
+            RouteNetlinkMessage::NewLink(msg),
+            CREATE_EXCL | NLM_F_ECHO,
+        )])?
+        .pop()
+        .expect("one answer per request")?;
+    Ok(answer
+        .into_iter()
+        .filter_map(Link::from_answer)
+        .find(|l| l.name == spec.host_name))
+}
+
+/// Labels a link (`index`, or `name` when `index` is 0) with `alias`, our ownership mark.
+pub fn alias_message(index: u32, name: Option<&str>, alias: &str) -> RouteNetlinkMessage {
+    let mut attrs = Vec::new();
+    if let Some(name) = name {
+        attrs.push(LinkAttribute::IfName(name.to_string()));
+    }
+    attrs.push(LinkAttribute::IfAlias(alias.to_string()));
+    RouteNetlinkMessage::NewLink(message(index, attrs))
 }
 
 /// Labels a bridge port with an alias (our ownership mark) and sets its hairpin mode.
 pub fn set_port(nl: &mut Netlink, index: u32, alias: &str, hairpin: bool) -> Result<()> {
-    let msg = message(
-        index,
-        vec![
-            LinkAttribute::IfAlias(alias.to_string()),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::PortKind(InfoPortKind::Bridge),
-                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                    hairpin,
-                )])),
-            ]),
-        ],
-    );
-    nl.request(RouteNetlinkMessage::NewLink(msg), 0)
+    nl.request(port_message(index, None, alias, hairpin), 0)
+}
+
+/// The request of [`set_port`], for the link `index`, or `name` when `index` is 0.
+pub fn port_message(
+    index: u32,
+    name: Option<&str>,
+    alias: &str,
+    hairpin: bool,
+) -> RouteNetlinkMessage {
+    let mut attrs = Vec::new();
+    if let Some(name) = name {
+        attrs.push(LinkAttribute::IfName(name.to_string()));
+    }
+    attrs.push(LinkAttribute::IfAlias(alias.to_string()));
+    attrs.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+            hairpin,
+        )])),
+    ]));
+    RouteNetlinkMessage::NewLink(message(index, attrs))
 }
 
 fn vlan_message(index: u32, vid: u16, flags: BridgeVlanInfoFlags, on_self: bool) -> LinkMessage {

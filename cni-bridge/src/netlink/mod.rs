@@ -6,4 +6,4 @@ pub mod link;
 pub mod route;
 mod socket;
 
-pub use socket::{Netlink, NetlinkError};
+pub use socket::{CREATE_EXCL, Netlink, NetlinkError};

@@ -46,6 +46,11 @@ fn family(net: &IpNet) -> AddressFamily {
 
 /// Adds a route; a gatewayless route is link-scoped.
 pub fn add(nl: &mut Netlink, r: &RouteEntry) -> Result<()> {
+    nl.request(add_message(r), CREATE_EXCL)
+}
+
+/// The request of [`add`] (to send with `CREATE_EXCL`).
+pub fn add_message(r: &RouteEntry) -> RouteNetlinkMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family(&r.dst);
     msg.header.destination_prefix_length = r.dst.prefix_len();
@@ -90,7 +95,7 @@ pub fn add(nl: &mut Netlink, r: &RouteEntry) -> Result<()> {
     if !metrics.is_empty() {
         msg.attributes.push(RouteAttribute::Metrics(metrics));
     }
-    nl.request(RouteNetlinkMessage::NewRoute(msg), CREATE_EXCL)
+    RouteNetlinkMessage::NewRoute(msg)
 }
 
 /// The main-table unicast routes of one family.

@@ -87,6 +87,13 @@ impl Netlink {
 
     /// Reads one datagram and splits it into messages answering `seq`.
     fn recv(&mut self, seq: u32) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let mut out = self.recv_any()?;
+        out.retain(|m| m.header.sequence_number == seq);
+        Ok(out)
+    }
+
+    /// Reads one datagram and splits it into messages.
+    fn recv_any(&mut self) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
         self.buf.clear();
         let n = self
             .socket
@@ -103,9 +110,7 @@ impl Netlink {
                 break;
             }
             off += (len + 3) & !3;
-            if msg.header.sequence_number == seq {
-                out.push(msg);
-            }
+            out.push(msg);
         }
         Ok(out)
     }
@@ -125,6 +130,57 @@ impl Netlink {
                 }
             }
         }
+    }
+
+    /// Sends every request in one datagram (the kernel runs them in order, each whatever
+    /// happened to the ones before it) and returns, per request, the objects answered before its
+    /// acknowledgement (a GET's object, an `NLM_F_ECHO` notification), or its error. Every
+    /// request is acknowledged; dumps do not belong in a batch.
+    pub fn batch(
+        &mut self,
+        reqs: Vec<(RouteNetlinkMessage, u16)>,
+    ) -> Result<Vec<Result<Vec<RouteNetlinkMessage>>>> {
+        let first = self.seq.wrapping_add(1);
+        let mut bytes = Vec::with_capacity(256 * reqs.len());
+        for (msg, flags) in reqs {
+            self.seq = self.seq.wrapping_add(1);
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+            header.sequence_number = self.seq;
+            let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+            packet.finalize();
+            let start = bytes.len();
+            bytes.resize(start + packet.buffer_len(), 0);
+            packet.serialize(&mut bytes[start..]);
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+        }
+        let n = self.seq.wrapping_sub(first).wrapping_add(1) as usize;
+        self.socket.send(&bytes, 0).map_err(NetlinkError::Io)?;
+        let mut out: Vec<Option<Result<Vec<RouteNetlinkMessage>>>> = (0..n).map(|_| None).collect();
+        let mut objects: Vec<Vec<RouteNetlinkMessage>> = (0..n).map(|_| Vec::new()).collect();
+        let mut pending = n;
+        while pending > 0 {
+            for m in self.recv_any()? {
+                let i = m.header.sequence_number.wrapping_sub(first) as usize;
+                if i >= n || out[i].is_some() {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(inner) => objects[i].push(inner),
+                    NetlinkPayload::Error(e) => {
+                        out[i] = Some(match e.code {
+                            None => Ok(std::mem::take(&mut objects[i])),
+                            Some(code) => Err(NetlinkError::Kernel(io::Error::from_raw_os_error(
+                                -code.get(),
+                            ))),
+                        });
+                        pending -= 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(out.into_iter().map(|r| r.expect("answered")).collect())
     }
 
     /// Sends a GET request for one object and returns the kernel's answer.
