@@ -266,12 +266,26 @@ impl ImageStore {
     pub async fn release(&self, holder: &str) -> Result<(), ImageError> {
         let _w = self.write.lock().await;
         let path = self.root.join("leases").join(format!("{holder}.json"));
+        let chain: Vec<String> = store::read_json(&path).unwrap_or_default();
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(ImageError::io("remove lease", &path)(e)),
         }
-        self.collect_garbage_now()?;
+        // The usual case: the image is still there and holds every layer; nothing to collect
+        // (and no directory scans on the container removal path).
+        let still_held = {
+            let records = self.records.read().expect("image records lock");
+            !chain.is_empty()
+                && chain.iter().all(|c| {
+                    records
+                        .values()
+                        .any(|r| r.layers.iter().any(|l| &l.chain_id == c))
+                })
+        };
+        if !still_held {
+            self.collect_garbage_now()?;
+        }
         Ok(())
     }
 
