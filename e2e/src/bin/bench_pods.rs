@@ -261,6 +261,10 @@ struct LoadedMem {
     helpers: Mem,
     helper_count: usize,
     pods: usize,
+    /// Median of 100 ExecSync `true` in one of the pods' containers.
+    exec_sync: Duration,
+    /// Median of 20 ListContainerStats calls with the batch's containers running.
+    list_stats: Duration,
 }
 
 #[derive(Default)]
@@ -867,11 +871,14 @@ async fn check_and_measure(
         pods.len()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let (exec_sync, list_stats) = exec_and_stats_latency(&mut c, &pods[0].2).await?;
     let helpers = daemon.helper_pids();
     let mut mem = LoadedMem {
         daemon: proc_mem(daemon.pid().context("daemon gone")?).context("daemon memory")?,
         helper_count: helpers.len(),
         pods: pods.len(),
+        exec_sync,
+        list_stats,
         ..Default::default()
     };
     for p in helpers {
@@ -880,6 +887,34 @@ async fn check_and_measure(
         }
     }
     Ok(mem)
+}
+
+/// ExecSync `true` 100 times in `container`, and ListContainerStats 20 times: the medians.
+async fn exec_and_stats_latency(c: &mut Clients, container: &str) -> Result<(Duration, Duration)> {
+    let mut exec = Vec::with_capacity(100);
+    for _ in 0..100 {
+        let t = std::time::Instant::now();
+        let r = c
+            .runtime
+            .exec_sync(k8s_cri::v1::ExecSyncRequest {
+                container_id: container.to_string(),
+                cmd: vec!["true".into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        ensure!(r.exit_code == 0, "ExecSync true exited {}", r.exit_code);
+        exec.push(t.elapsed());
+    }
+    let mut stats = Vec::with_capacity(20);
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        c.runtime
+            .list_container_stats(k8s_cri::v1::ListContainerStatsRequest { filter: None })
+            .await?;
+        stats.push(t.elapsed());
+    }
+    Ok((median(&exec), median(&stats)))
 }
 
 async fn check_no_pods(clients: &Clients) -> Result<()> {
@@ -1381,6 +1416,23 @@ fn print_report(args: &Args, ours: &RuntimeResult, theirs: &RuntimeResult) {
         verdict(per_pod <= TARGET_MONITOR_KIB)
     );
     let t = theirs.seq.mem;
+    println!();
+    println!(
+        "== ExecSync `true` (median of 100) and ListContainerStats (median of 20), pods of the sequential batch running =="
+    );
+    for (label, m) in [(&ours.label, ours.seq.mem), (&theirs.label, t)] {
+        println!(
+            "{label:<20} ExecSync {:>8.1?}   ListContainerStats ({} containers) {:>8.1?}",
+            m.exec_sync, m.pods, m.list_stats
+        );
+    }
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!(
+        "ratio ours/containerd  ExecSync {:.2}, ListContainerStats {:.2}  (target <= 0.50: {})",
+        ratio(m.exec_sync, t.exec_sync),
+        ratio(m.list_stats, t.list_stats),
+        verdict(ratio(m.exec_sync, t.exec_sync) <= 0.5 && ratio(m.list_stats, t.list_stats) <= 0.5)
+    );
     println!(
         "ratios ours/containerd (VmRSS): daemon idle {:.2}, daemon with pods {:.2}, per-pod \
          helper {:.2}",
