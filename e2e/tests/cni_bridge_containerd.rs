@@ -140,7 +140,7 @@ async fn body(node: &NodeNetns, plugin: &Path) {
     // store in host-local's layout.
     let ours = our_veths(node);
     assert_eq!(ours.len(), 2, "host veths labelled by cni-bridge: {ours:?}");
-    let mut held = allocated_ips(&ipam_dir);
+    let mut held = e2e::node::allocated_ips(&ipam_dir);
     held.sort();
     let mut expected = vec![ip_server.clone(), ip_client.clone()];
     expected.sort();
@@ -199,7 +199,7 @@ async fn body(node: &NodeNetns, plugin: &Path) {
             .expect("RemovePodSandbox");
     }
     assert_eq!(
-        allocated_ips(&ipam_dir),
+        e2e::node::allocated_ips(&ipam_dir),
         Vec::<String>::new(),
         "CNI DEL through cni-bridge released the addresses"
     );
@@ -467,22 +467,6 @@ fn our_veths(node: &NodeNetns) -> Vec<String> {
         })
         .filter_map(|l| l["ifname"].as_str().map(str::to_string))
         .collect()
-}
-
-/// Addresses held in the IPAM store (files named after them, as host-local writes them).
-fn allocated_ips(ipam_dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for f in std::fs::read_dir(ipam_dir.join(NETWORK))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = f.file_name().to_string_lossy().into_owned();
-        if name.parse::<std::net::IpAddr>().is_ok() {
-            out.push(name);
-        }
-    }
-    out
 }
 
 /// Stops and removes, through CRI, every pod containerd still lists (CNI DEL runs for
