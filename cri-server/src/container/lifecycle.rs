@@ -106,7 +106,7 @@ impl Runtime {
                 rec.stop_signal.clone()
             };
             let signal = signal.trim_start_matches("SIG").to_string();
-            if let Err(e) = oci.kill(&rec.id, &signal, false).await {
+            if let Err(e) = self.signal_init(&rec, &oci, &signal).await {
                 warn!(container = %rec.id, error = %e, "stop signal not delivered");
             }
             if self
@@ -116,7 +116,7 @@ impl Runtime {
                 return Ok(());
             }
         }
-        if let Err(e) = oci.kill(&rec.id, "KILL", false).await {
+        if let Err(e) = self.signal_init(&rec, &oci, "KILL").await {
             warn!(container = %rec.id, error = %e, "SIGKILL not delivered");
         }
         if !self.wait_exit(&rec.id, KILL_GRACE).await {
@@ -127,6 +127,31 @@ impl Runtime {
         }
         info!(container = %rec.id, "container stopped");
         Ok(())
+    }
+
+    /// Signals the container's init. A started container's init is the monitor's child
+    /// until the monitor reaps it and records the exit, so while no exit is recorded and the
+    /// monitor lives its pid cannot have been reused: signal it directly and save the OCI
+    /// runtime's exec. Otherwise (created, not started; monitor gone) ask the runtime.
+    async fn signal_init(
+        &self,
+        rec: &ContainerRecord,
+        oci: &crate::oci::OciRuntime,
+        signal: &str,
+    ) -> Result<(), String> {
+        let direct = rec.phase == ContainerPhase::Running
+            && rec.pid > 0
+            && self
+                .sandbox(&rec.sandbox_id)
+                .is_some_and(|sb| monitor::alive(&sb.dir))
+            && !cri_monitor::protocol::ExitRecord::read(&rec.bundle).is_ok_and(|e| e.is_some());
+        if direct && let Ok(sig) = format!("SIG{signal}").parse::<nix::sys::signal::Signal>() {
+            return nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid as i32), sig)
+                .map_err(|e| e.to_string());
+        }
+        oci.kill(&rec.id, signal, false)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn wait_exit(&self, id: &str, within: Duration) -> bool {
