@@ -454,16 +454,6 @@ pub fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-/// Does `path` exist as a mount point?
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(target) = path.canonicalize() else {
-        return false;
-    };
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == target.to_str()))
-        .unwrap_or(false)
-}
-
 /// A bare binary name resolved through PATH (and the sbin dirs a daemon's PATH may lack).
 fn resolve_binary(path: &Path) -> PathBuf {
     if path.components().count() > 1 {

@@ -145,7 +145,8 @@ fn network(pid: u32, ts: i64) -> Option<NetworkUsage> {
 }
 
 impl Runtime {
-    /// Starts the background work: stats every `period`, exit watching every 500 ms.
+    /// Starts the background work: stats every `period`, exit watching (created and running
+    /// containers) every 500 ms.
     pub fn spawn_background(self: &Arc<Self>, period: Duration) {
         let rt = self.clone();
         tokio::spawn(async move {
@@ -163,7 +164,9 @@ impl Runtime {
                     .read()
                     .expect("containers")
                     .values()
-                    .filter(|c| c.phase == ContainerPhase::Running)
+                    .filter(|c| {
+                        matches!(c.phase, ContainerPhase::Created | ContainerPhase::Running)
+                    })
                     .map(|c| c.id.clone())
                     .collect();
                 for id in running {
