@@ -6,8 +6,10 @@
 pub mod config;
 pub mod container;
 pub mod failpoint;
+pub mod features;
 pub mod image;
 pub mod metrics;
+pub mod mountapi;
 pub mod network;
 pub mod oci;
 pub mod runtime;

@@ -79,6 +79,14 @@ impl Paths {
     pub fn cni_cache(&self) -> PathBuf {
         self.root.join("cni-cache")
     }
+    /// Private mount dir: per container, the mounts we prepare for the OCI runtime (id-mapped
+    /// layers and volumes, recursive read-only volumes, image volumes).
+    pub fn mnt(&self) -> PathBuf {
+        self.state.join("mnt")
+    }
+    pub fn container_mnt(&self, id: &str) -> PathBuf {
+        self.mnt().join(id)
+    }
 }
 
 pub struct Runtime {
@@ -97,6 +105,8 @@ pub struct Runtime {
     pub events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
     /// False where CAP_SYS_RESOURCE is missing: oom_score_adj is never lowered.
     pub can_lower_oom_score: bool,
+    /// User namespaces and recursive read-only mounts, as probed on this host at start.
+    pub features: crate::features::HostFeatures,
     pub(crate) sandboxes: RwLock<HashMap<String, SandboxRecord>>,
     pub(crate) containers: RwLock<HashMap<String, ContainerRecord>>,
     /// One lock per pod id: lifecycle calls on one pod (and its containers) run one at a time.
@@ -134,6 +144,9 @@ impl Runtime {
         }
         crate::sandbox::namespaces::prepare_pin_dir(&paths.pins())
             .map_err(|e| RuntimeError::internal("prepare namespace pin dir", e))?;
+        crate::sandbox::namespaces::prepare_pin_dir(&paths.mnt())
+            .map_err(|e| RuntimeError::internal("prepare container mount dir", e))?;
+        let features = crate::features::HostFeatures::probe(&paths, images.root());
         let handlers = config
             .runtime
             .handlers
@@ -168,6 +181,7 @@ impl Runtime {
             stats: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             can_lower_oom_score,
+            features,
             sandboxes: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -406,8 +420,18 @@ impl Runtime {
                 let _ = std::fs::remove_dir_all(self.paths.container_data(&name));
             }
         }
+        for name in names(&self.paths.mnt()) {
+            if !ctrs.contains(&name) {
+                let dir = self.paths.mnt().join(&name);
+                match crate::mountapi::unmount_all_under(&dir) {
+                    Ok(()) => warn!(container = %name, "removed orphaned container mounts"),
+                    Err(e) => warn!(container = %name, error = %e, "orphaned container mounts"),
+                }
+            }
+        }
         for holder in self.images.lease_holders() {
-            if !ctrs.contains(&holder) {
+            let container = holder.split('.').next().unwrap_or(&holder);
+            if !ctrs.contains(container) {
                 let _ = self.images.release(&holder).await;
             }
         }

@@ -16,7 +16,7 @@ use nix::unistd::{ForkResult, fork, pipe2};
 
 const USAGE: &str = "\
 usage: cri-monitor --sandbox-id ID --dir DIR --runtime-root RUNROOT
-       cri-monitor pause --pid-file FILE
+       cri-monitor pause --pid-file FILE [--userns PATH]
 
 Per-pod monitor: holds container stdio, writes CRI-format logs and records exit codes.
 Binds DIR/monitor.sock (one JSON request per line), writes DIR/monitor.pid and logs to
@@ -28,7 +28,8 @@ DIR/monitor.log. Exits 0 once the daemon it forks is ready; the daemon keeps run
   --help                 this text
 
 `pause` starts the PID 1 of a pod-wide PID namespace (named cri-pause), writes its pid to
-FILE and exits.
+FILE and exits. With --userns it first joins that user namespace, so the PID namespace
+belongs to the pod's user namespace.
 ";
 
 /// The byte the daemon sends its parent when it is ready.
@@ -39,9 +40,15 @@ fn main() -> ExitCode {
     if args.peek().is_some_and(|a| a == "pause") {
         let rest: Vec<OsString> = args.skip(1).collect();
         return match rest.as_slice() {
-            [flag, file] if flag == "--pid-file" => pause::run(std::path::Path::new(file)),
+            [flag, file] if flag == "--pid-file" => pause::run(std::path::Path::new(file), None),
+            [flag, file, uflag, userns] if flag == "--pid-file" && uflag == "--userns" => {
+                pause::run(
+                    std::path::Path::new(file),
+                    Some(std::path::Path::new(userns)),
+                )
+            }
             _ => {
-                eprintln!("usage: cri-monitor pause --pid-file FILE");
+                eprintln!("usage: cri-monitor pause --pid-file FILE [--userns PATH]");
                 ExitCode::from(2)
             }
         };

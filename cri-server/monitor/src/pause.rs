@@ -1,7 +1,9 @@
 //! `cri-monitor pause --pid-file FILE`: the infra process of a pod that shares one PID
 //! namespace. It creates the namespace, forks its PID 1 (named `cri-pause`), writes that
 //! process's host pid to FILE and exits; PID 1 reaps orphans until SIGTERM/SIGINT or SIGKILL
-//! (which ends every process of the namespace with it).
+//! (which ends every process of the namespace with it). With `--userns PATH` it joins the
+//! pod's user namespace first, so the PID namespace is owned by it and the containers' root can
+//! mount its /proc.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,7 +18,19 @@ extern "C" fn leave(_: libc::c_int) {
     unsafe { libc::_exit(0) }
 }
 
-pub fn run(pid_file: &Path) -> ExitCode {
+pub fn run(pid_file: &Path, userns: Option<&Path>) -> ExitCode {
+    if let Some(path) = userns {
+        let joined = std::fs::File::open(path)
+            .map_err(nix::Error::from)
+            .and_then(|f| nix::sched::setns(f, CloneFlags::CLONE_NEWUSER));
+        if let Err(e) = joined {
+            eprintln!(
+                "cri-monitor pause: join the user namespace {}: {e}",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         eprintln!("cri-monitor pause: unshare the PID namespace: {e}");
         return ExitCode::FAILURE;

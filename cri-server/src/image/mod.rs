@@ -50,6 +50,8 @@ pub enum ImageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("image {image} is in use as a volume by container {container}")]
+    InUse { image: String, container: String },
 }
 
 impl ImageError {
@@ -235,6 +237,13 @@ impl ImageStore {
         let Some(rec) = self.find(name) else {
             return Ok(());
         };
+        if let Some(holder) = self.volume_holders(&rec.id).into_iter().next() {
+            let container = holder.split('.').next().unwrap_or(&holder).to_string();
+            return Err(ImageError::InUse {
+                image: rec.id.clone(),
+                container,
+            });
+        }
         let path = self.record_path(&rec.id);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -254,6 +263,44 @@ impl ImageStore {
     /// image's removal until [`ImageStore::release`].
     pub async fn lease(&self, holder: &str, image_id: &str) -> Result<(), ImageError> {
         let _w = self.write.lock().await;
+        self.lease_locked(holder, image_id)
+    }
+
+    /// A lease for an image mounted as a volume (`holder` is `<container id>.<name>`): besides
+    /// its layers, the image itself cannot be removed until [`ImageStore::release`].
+    pub async fn lease_volume(&self, holder: &str, image_id: &str) -> Result<(), ImageError> {
+        let _w = self.write.lock().await;
+        self.lease_locked(holder, image_id)?;
+        let dir = self.root.join("volume-images");
+        std::fs::create_dir_all(&dir).map_err(ImageError::io("create", &dir))?;
+        let path = dir.join(holder);
+        store::write_volatile(&path, image_id.as_bytes())
+            .map_err(ImageError::io("write volume lease", &path))
+    }
+
+    /// Lease holders that mount `image_id` as a volume.
+    fn volume_holders(&self, image_id: &str) -> Vec<String> {
+        std::fs::read_dir(self.root.join("volume-images"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| std::fs::read(e.path()).is_ok_and(|b| b == image_id.as_bytes()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Releases every lease of a container: its rootfs and its image volumes.
+    pub async fn release_container(&self, container_id: &str) -> Result<(), ImageError> {
+        let prefix = format!("{container_id}.");
+        for holder in self.lease_holders() {
+            if holder == container_id || holder.starts_with(&prefix) {
+                self.release(&holder).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lease_locked(&self, holder: &str, image_id: &str) -> Result<(), ImageError> {
         let rec = self
             .find(image_id)
             .ok_or_else(|| ImageError::NotFound(image_id.into()))?;
@@ -265,6 +312,7 @@ impl ImageStore {
 
     pub async fn release(&self, holder: &str) -> Result<(), ImageError> {
         let _w = self.write.lock().await;
+        let _ = std::fs::remove_file(self.root.join("volume-images").join(holder));
         let path = self.root.join("leases").join(format!("{holder}.json"));
         let chain: Vec<String> = store::read_json(&path).unwrap_or_default();
         match std::fs::remove_file(&path) {
@@ -289,7 +337,7 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Who holds leases (container ids).
+    /// Who holds leases (container ids, and `<container id>.<name>` for image volumes).
     pub fn lease_holders(&self) -> Vec<String> {
         std::fs::read_dir(self.root.join("leases"))
             .into_iter()

@@ -4,6 +4,7 @@
 pub mod files;
 pub mod monitor;
 pub mod namespaces;
+pub mod userns;
 mod run;
 mod status;
 mod stop;
@@ -38,6 +39,9 @@ pub struct SandboxRecord {
     /// The PID 1 holding a pod-wide PID namespace, when the pod shares one.
     #[serde(default)]
     pub infra_pid: Option<i32>,
+    /// The pod's user namespace mappings (`hostUsers: false`); its pin is `pins.user`.
+    #[serde(default)]
+    pub userns: Option<userns::Userns>,
 }
 
 impl SandboxRecord {

@@ -44,6 +44,8 @@ pub struct NsRequest {
     pub uts: bool,
     pub hostname: String,
     pub sysctls: Vec<(String, String)>,
+    /// A pod user namespace: it is made first and owns the net/ipc/uts namespaces.
+    pub userns: Option<super::userns::Userns>,
 }
 
 /// Pinned namespace files, `None` where the pod uses the host's.
@@ -52,6 +54,8 @@ pub struct Pins {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 /// Makes `dir` a private mount point of its own (once), so pins under it neither propagate nor
@@ -149,7 +153,29 @@ fn create_on_this_thread(pin_dir: &Path, id: &str, req: &NsRequest) -> Result<Pi
         flags |= CloneFlags::CLONE_NEWUTS;
     }
     // Threads keep their own net/ipc/uts namespaces: this one is discarded when it ends.
-    unshare(flags).map_err(sys("unshare pod namespaces"))?;
+    let holder = match &req.userns {
+        None => {
+            unshare(flags).map_err(sys("unshare pod namespaces"))?;
+            None
+        }
+        Some(userns) => {
+            // Made (owned by the user namespace) in a helper process; this thread joins them.
+            let holder = super::userns::Holder::spawn(userns, flags.bits())
+                .map_err(io("create the pod user namespace"))?;
+            for (wanted, ns, flag) in [
+                (req.net, "net", CloneFlags::CLONE_NEWNET),
+                (req.ipc, "ipc", CloneFlags::CLONE_NEWIPC),
+                (req.uts, "uts", CloneFlags::CLONE_NEWUTS),
+            ] {
+                if wanted {
+                    let f = std::fs::File::open(holder.ns_path(ns))
+                        .map_err(io(format!("open the pod {ns} namespace")))?;
+                    nix::sched::setns(f, flag).map_err(sys(format!("join the pod {ns} namespace")))?;
+                }
+            }
+            Some(holder)
+        }
+    };
     if req.uts && !req.hostname.is_empty() {
         nix::unistd::sethostname(&req.hostname)
             .map_err(sys(format!("set hostname {:?}", req.hostname)))?;
@@ -165,6 +191,7 @@ fn create_on_this_thread(pin_dir: &Path, id: &str, req: &NsRequest) -> Result<Pi
     let mut pins = Pins::default();
     let result = (|| {
         for (wanted, ns, slot) in [
+            (holder.is_some(), "user", &mut pins.user),
             (req.net, "net", &mut pins.net),
             (req.ipc, "ipc", &mut pins.ipc),
             (req.uts, "uts", &mut pins.uts),
@@ -174,7 +201,10 @@ fn create_on_this_thread(pin_dir: &Path, id: &str, req: &NsRequest) -> Result<Pi
             }
             let pin = pin_dir.join(format!("{id}-{ns}"));
             std::fs::File::create(&pin).map_err(io(format!("create pin {}", pin.display())))?;
-            let src = format!("/proc/thread-self/ns/{ns}");
+            let src = match (&holder, ns) {
+                (Some(h), "user") => h.ns_path("user").display().to_string(),
+                _ => format!("/proc/thread-self/ns/{ns}"),
+            };
             if let Err(e) = mount(
                 Some(src.as_str()),
                 &pin,
@@ -233,7 +263,10 @@ fn set_loopback_up() -> Result<(), NsError> {
 
 /// Unpins (lazy unmount) and removes pin files. Missing pins are fine.
 pub fn remove(pins: &Pins) {
-    for pin in [&pins.net, &pins.ipc, &pins.uts].into_iter().flatten() {
+    for pin in [&pins.net, &pins.ipc, &pins.uts, &pins.user]
+        .into_iter()
+        .flatten()
+    {
         let _ = umount2(pin, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(pin);
     }
@@ -294,6 +327,7 @@ mod tests {
                 ("net.ipv4.ip_unprivileged_port_start".into(), "80".into()),
                 ("kernel.shmmni".into(), "1234".into()),
             ],
+            userns: None,
         };
         let pins = create(dir.path(), "abc", &req).unwrap();
         let net = pins.net.clone().unwrap();

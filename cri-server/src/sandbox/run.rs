@@ -37,6 +37,14 @@ impl Runtime {
         let host_network = ns.network == NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == NamespaceMode::Node as i32;
         let host_pid = ns.pid == NamespaceMode::Node as i32;
+        let userns = super::userns::from_request(Some(&ns)).map_err(RuntimeError::InvalidArgument)?;
+        if userns.is_some()
+            && let Err(why) = &self.features.user_namespaces
+        {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "user namespaces are not supported on this host: {why}"
+            )));
+        }
         let id = new_id();
         tracing::Span::current().record("pod", format!("{}/{}", meta.namespace, meta.name));
         let mut rec = SandboxRecord {
@@ -58,6 +66,7 @@ impl Runtime {
             host_ipc,
             host_pid,
             infra_pid: None,
+            userns,
             config,
         };
         let lock = self.pod_lock(&id);
@@ -109,6 +118,21 @@ impl Runtime {
         if !rec.host_ipc {
             files::mount_shm(&rec.dir).map_err(internal("mount pod /dev/shm"))?;
         }
+        if let Some(userns) = &rec.userns {
+            // The container's root owns what it may write: etc files and /dev/shm.
+            let (uid, gid) = userns.root();
+            let shm = (!rec.host_ipc).then(|| rec.dir.join("shm"));
+            for f in ["hosts", "hostname", "resolv.conf"]
+                .iter()
+                .map(|f| rec.dir.join(f))
+                .chain(shm)
+            {
+                if f.exists() {
+                    std::os::unix::fs::chown(&f, Some(uid), Some(gid))
+                        .map_err(internal("chown pod files to the user namespace root"))?;
+                }
+            }
+        }
         let req = namespaces::NsRequest {
             net: !rec.host_network,
             ipc: !rec.host_ipc,
@@ -123,6 +147,7 @@ impl Runtime {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            userns: rec.userns,
         };
         namespaces::check_sysctls(&req)
             .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
@@ -145,8 +170,12 @@ impl Runtime {
             .map(|o| o.pid)
             .unwrap_or_default();
         if pid_mode == NamespaceMode::Pod as i32 {
-            let pid = crate::sandbox::monitor::start_pause(&self.monitor_binary, &rec.dir)
-                .await
+            let pid = crate::sandbox::monitor::start_pause(
+                &self.monitor_binary,
+                &rec.dir,
+                rec.pins.user.as_deref(),
+            )
+            .await
                 .map_err(|e| RuntimeError::internal("start the pod's PID 1", e))?;
             rec.infra_pid = Some(pid);
             self.save_sandbox(rec)?;

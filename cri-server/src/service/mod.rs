@@ -22,7 +22,7 @@ pub fn image_status(e: ImageError) -> Status {
         ImageError::Unauthorized(_) => Code::Unauthenticated,
         ImageError::Unsupported(_) => Code::FailedPrecondition,
         ImageError::Verification { .. } | ImageError::Unpack { .. } => Code::DataLoss,
-        ImageError::RegistryConfig { .. } => Code::FailedPrecondition,
+        ImageError::RegistryConfig { .. } | ImageError::InUse { .. } => Code::FailedPrecondition,
         ImageError::Registry(_) => Code::Unavailable,
         ImageError::Io { .. } => Code::Internal,
     };
