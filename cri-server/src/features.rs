@@ -42,8 +42,7 @@ impl HostFeatures {
 fn probe_in(parent: &Path, f: fn(&Path) -> Result<(), String>) -> Result<(), String> {
     let path = parent.join(format!(".probe-{}", std::process::id()));
     let _ = mountapi::unmount_all_under(&path);
-    std::fs::create_dir_all(&path)
-        .map_err(|e| format!("scratch dir {}: {e}", path.display()))?;
+    std::fs::create_dir_all(&path).map_err(|e| format!("scratch dir {}: {e}", path.display()))?;
     let result = f(&path);
     if let Err(e) = mountapi::unmount_all_under(&path) {
         warn!(dir = %path.display(), error = %e, "feature probe left mounts");

@@ -421,7 +421,8 @@ impl Runtime {
             }
         }
         for name in names(&self.paths.mnt()) {
-            if !ctrs.contains(&name) {
+            // Dot names are ours (the empty lower dir, probes), not containers'.
+            if !name.starts_with('.') && !ctrs.contains(&name) {
                 let dir = self.paths.mnt().join(&name);
                 match crate::mountapi::unmount_all_under(&dir) {
                     Ok(()) => warn!(container = %name, "removed orphaned container mounts"),

@@ -46,6 +46,23 @@ impl Runtime {
             ));
         }
         tracing::Span::current().record("container", meta.name.as_str());
+        let security = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref());
+        if let Some(ns) = security.and_then(|s| s.namespace_options.as_ref())
+            && ns.userns_options.is_some()
+        {
+            let wanted = crate::sandbox::userns::from_request(Some(ns))
+                .map_err(RuntimeError::InvalidArgument)?;
+            if wanted != sb.userns {
+                return Err(RuntimeError::InvalidArgument(
+                    "the container's user namespace options differ from its pod's".into(),
+                ));
+            }
+        }
+        super::volumes::check(&config.mounts, &self.features, sb.userns.is_some())
+            .map_err(RuntimeError::InvalidArgument)?;
         let taken = self.containers_of(&sb.id).iter().any(|c| {
             c.config
                 .metadata
@@ -95,6 +112,7 @@ impl Runtime {
             data_dir: self.paths.container_data(&id),
             log_path,
             user: None,
+            volume_images: Vec::new(),
             config,
         };
         self.save_container(&rec)?;
@@ -143,26 +161,44 @@ impl Runtime {
         for d in [&upper, &work, &rootfs] {
             std::fs::create_dir_all(d).map_err(internal("create container dirs"))?;
         }
-        let lower: Vec<String> = image
+        let mut lower: Vec<PathBuf> = image
             .layers
             .iter()
             .rev()
-            .map(|l| self.images.layer_path(&l.chain_id).display().to_string())
+            .map(|l| self.images.layer_path(&l.chain_id))
             .collect();
+        let userns_pin = sb.pins.user.as_deref().filter(|_| sb.userns.is_some());
+        if let (Some(userns), Some(pin)) = (&sb.userns, userns_pin) {
+            // Layers seen through the pod's mapping (image root is the container's root);
+            // the upper dir belongs to the container's root, so its writes land as mapped ids.
+            let (uid, gid) = userns.root();
+            std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+                .map_err(internal("chown the rootfs upper dir"))?;
+            lower = self.idmapped_layers(&rec.id, "rootfs-layers", &lower, pin)?;
+        }
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
+            lower
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
             upper.display(),
             work.display()
         );
-        mount(
+        let mounted = mount(
             Some("overlay"),
             &rootfs,
             Some("overlay"),
             MsFlags::empty(),
             Some(opts.as_str()),
-        )
-        .map_err(|e| RuntimeError::internal("mount container rootfs (overlay)", e))?;
+        );
+        if userns_pin.is_some() {
+            let _ = crate::mountapi::unmount_all_under(
+                &self.paths.container_mnt(&rec.id).join("rootfs-layers"),
+            );
+        }
+        mounted.map_err(|e| RuntimeError::internal("mount container rootfs (overlay)", e))?;
         crate::failpoint::hit("container-after-rootfs");
         if let Some(log) = &rec.log_path
             && let Some(dir) = log.parent()
@@ -170,11 +206,15 @@ impl Runtime {
             std::fs::create_dir_all(dir).map_err(internal("create log dir"))?;
         }
 
+        let mut spec_config = rec.config.clone();
+        spec_config.mounts = self.prepare_mounts(rec, userns_pin).await?;
+        crate::failpoint::hit("container-after-volumes");
+
         let cgroups_path = format!("{}/{}", sb.cgroup_parent.trim_end_matches('/'), rec.id);
         let input = SpecInput {
             container_id: &rec.id,
             sandbox_id: &sb.id,
-            config: &rec.config,
+            config: &spec_config,
             sandbox: sandbox_config,
             image: &image.config,
             rootfs: &rootfs,
@@ -186,6 +226,7 @@ impl Runtime {
                 host_network: sb.host_network,
                 host_ipc: sb.host_ipc,
                 host_pid: sb.host_pid,
+                user: userns_pin.map(Path::to_path_buf),
             },
             etc_files: EtcFiles {
                 hosts: Some(sb.dir.join("hosts")),
@@ -200,6 +241,7 @@ impl Runtime {
             cgroups_path: cgroups_path.clone(),
             can_lower_oom_score: self.can_lower_oom_score,
             seccomp_profile_root: Path::new(SECCOMP_ROOT),
+            userns: sb.userns,
         };
         let spec_error = |e: spec::SpecError| match e {
             spec::SpecError::InvalidArgument(m) => RuntimeError::InvalidArgument(m),

@@ -196,9 +196,12 @@ impl Runtime {
             monitor::forget(&sb.dir, &rec.id).await;
         }
         let _ = umount2(&rec.rootfs(), MntFlags::MNT_DETACH);
+        if let Err(e) = crate::mountapi::unmount_all_under(&self.paths.container_mnt(&rec.id)) {
+            warn!(container = %rec.id, error = %e, "unmounting prepared volumes");
+        }
         let _ = std::fs::remove_dir_all(&rec.bundle);
         let _ = std::fs::remove_dir_all(&rec.data_dir);
-        if let Err(e) = self.images.release(&rec.id).await {
+        if let Err(e) = self.images.release_container(&rec.id).await {
             warn!(container = %rec.id, error = %e, "releasing image layers");
         }
         self.drop_container_record(&rec.id);

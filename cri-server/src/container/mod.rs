@@ -9,5 +9,6 @@ pub mod record;
 pub mod spec;
 pub mod status;
 mod update;
+pub mod volumes;
 
 pub use record::{ContainerPhase, ContainerRecord};

@@ -38,6 +38,9 @@ pub struct ContainerRecord {
     /// The identity the init process runs with (uid, gid, all groups), for ContainerStatus.
     #[serde(default)]
     pub user: Option<(u32, u32, Vec<u32>)>,
+    /// Images mounted as volumes, leased as `<id>.vol<index>`.
+    #[serde(default)]
+    pub volume_images: Vec<super::volumes::VolumeImage>,
 }
 
 impl ContainerRecord {

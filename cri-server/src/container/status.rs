@@ -35,6 +35,23 @@ impl ContainerRecord {
         }
     }
 
+    /// The requested mounts; image volumes name the image by its digest reference, keeping
+    /// the name the kubelet asked for as `user_specified_image`.
+    fn status_mounts(&self) -> Vec<k8s_cri::v1::Mount> {
+        let mut mounts = self.config.mounts.clone();
+        for v in &self.volume_images {
+            if let Some(m) = mounts.get_mut(v.index)
+                && let Some(spec) = m.image.as_mut()
+            {
+                if spec.user_specified_image.is_empty() {
+                    spec.user_specified_image = spec.image.clone();
+                }
+                spec.image = v.image_ref.clone();
+            }
+        }
+        mounts
+    }
+
     pub fn to_status(&self) -> ContainerStatus {
         ContainerStatus {
             id: self.id.clone(),
@@ -50,7 +67,7 @@ impl ContainerRecord {
             message: self.message.clone(),
             labels: self.config.labels.clone(),
             annotations: self.config.annotations.clone(),
-            mounts: self.config.mounts.clone(),
+            mounts: self.status_mounts(),
             log_path: self
                 .log_path
                 .as_ref()

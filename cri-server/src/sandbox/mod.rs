@@ -4,10 +4,10 @@
 pub mod files;
 pub mod monitor;
 pub mod namespaces;
-pub mod userns;
 mod run;
 mod status;
 mod stop;
+pub mod userns;
 
 use std::path::PathBuf;
 

@@ -126,20 +126,14 @@ pub fn alive(dir: &Path) -> bool {
 }
 
 /// Starts the PID 1 of a pod-wide PID namespace; returns its pid.
-pub async fn start_pause(
-    binary: &Path,
-    dir: &Path,
-    userns: Option<&Path>,
-) -> std::io::Result<i32> {
+pub async fn start_pause(binary: &Path, dir: &Path, userns: Option<&Path>) -> std::io::Result<i32> {
     let pid_file = dir.join("pause.pid");
     let mut cmd = tokio::process::Command::new(binary);
     cmd.arg("pause").arg("--pid-file").arg(&pid_file);
     if let Some(u) = userns {
         cmd.arg("--userns").arg(u);
     }
-    let out = cmd
-        .output()
-        .await?;
+    let out = cmd.output().await?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
             "{} pause: {}",

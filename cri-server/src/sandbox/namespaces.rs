@@ -170,7 +170,8 @@ fn create_on_this_thread(pin_dir: &Path, id: &str, req: &NsRequest) -> Result<Pi
                 if wanted {
                     let f = std::fs::File::open(holder.ns_path(ns))
                         .map_err(io(format!("open the pod {ns} namespace")))?;
-                    nix::sched::setns(f, flag).map_err(sys(format!("join the pod {ns} namespace")))?;
+                    nix::sched::setns(f, flag)
+                        .map_err(sys(format!("join the pod {ns} namespace")))?;
                 }
             }
             Some(holder)

@@ -37,7 +37,8 @@ impl Runtime {
         let host_network = ns.network == NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == NamespaceMode::Node as i32;
         let host_pid = ns.pid == NamespaceMode::Node as i32;
-        let userns = super::userns::from_request(Some(&ns)).map_err(RuntimeError::InvalidArgument)?;
+        let userns =
+            super::userns::from_request(Some(&ns)).map_err(RuntimeError::InvalidArgument)?;
         if userns.is_some()
             && let Err(why) = &self.features.user_namespaces
         {
@@ -176,7 +177,7 @@ impl Runtime {
                 rec.pins.user.as_deref(),
             )
             .await
-                .map_err(|e| RuntimeError::internal("start the pod's PID 1", e))?;
+            .map_err(|e| RuntimeError::internal("start the pod's PID 1", e))?;
             rec.infra_pid = Some(pid);
             self.save_sandbox(rec)?;
         }

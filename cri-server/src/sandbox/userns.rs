@@ -200,7 +200,10 @@ impl Holder {
         let write_map = |file: &str, map: &IdMap| {
             let path = format!("/proc/{pid}/{file}");
             std::fs::write(&path, map.line()).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("write {path} ({}): {e}", map.line().trim()))
+                std::io::Error::new(
+                    e.kind(),
+                    format!("write {path} ({}): {e}", map.line().trim()),
+                )
             })
         };
         write_map("uid_map", &userns.uids)?;

@@ -37,11 +37,13 @@ type EventStream =
 
 impl RuntimeServiceImpl {
     /// The configured handlers, and the default one under the empty name as the kubelet
-    /// expects. User namespaces and recursive read-only mounts are not offered yet.
+    /// expects. User namespaces and recursive read-only mounts are prepared by us (not by the
+    /// OCI runtime), so every handler has them exactly when this host's probes passed.
     fn handlers(&self) -> Vec<RuntimeHandler> {
+        let f = &self.runtime.features;
         let features = Some(RuntimeHandlerFeatures {
-            recursive_read_only_mounts: false,
-            user_namespaces: false,
+            recursive_read_only_mounts: f.recursive_read_only.is_ok(),
+            user_namespaces: f.user_namespaces.is_ok(),
         });
         let mut names: Vec<String> = self.runtime.handlers.keys().cloned().collect();
         names.sort();

@@ -72,6 +72,8 @@ pub struct SpecInput<'a> {
     /// Localhost seccomp profiles resolve relative to this (the kubelet's seccomp dir) unless
     /// absolute.
     pub seccomp_profile_root: &'a Path,
+    /// The pod's user namespace mappings, with `namespaces.user` its pin.
+    pub userns: Option<crate::sandbox::userns::Userns>,
 }
 
 /// The pod's namespaces. `None` paths with `host_*` false mean "a new one for the container".
@@ -86,6 +88,8 @@ pub struct SandboxNamespaces {
     pub host_network: bool,
     pub host_ipc: bool,
     pub host_pid: bool,
+    /// The pod's pinned user namespace (`hostUsers: false`); `None`: host users.
+    pub user: Option<PathBuf>,
 }
 
 /// Host files bind-mounted into every container of the pod.
@@ -166,12 +170,15 @@ fn build_with(input: &SpecInput, host: &HostFacts) -> Result<Spec, SpecError> {
             "privileged container in a sandbox that is not privileged",
         ));
     }
-    if let Some(userns) = sc
-        .and_then(|s| s.namespace_options.as_ref())
-        .and_then(|n| n.userns_options.as_ref())
-        && userns.mode == NamespaceMode::Pod as i32
-    {
-        return Err(SpecError::invalid("user namespaces: not supported yet"));
+    if input.userns.is_some() != input.namespaces.user.is_some() {
+        return Err(SpecError::invalid(
+            "user namespace mappings and the namespace must come together",
+        ));
+    }
+    if input.userns.is_some() && privileged {
+        return Err(SpecError::invalid(
+            "a privileged container cannot run in a pod with its own user namespace",
+        ));
     }
 
     // Process.
@@ -215,8 +222,19 @@ fn build_with(input: &SpecInput, host: &HostFacts) -> Result<Spec, SpecError> {
 
     // Linux.
     let mut linux = Linux::default();
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
+    // With a pod user namespace the runtime joins it by path; it still needs the mappings
+    // (runc computes the container root's host ids from them).
+    let idmap = |m: &crate::sandbox::userns::IdMap| {
+        oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(m.container_id)
+            .host_id(m.host_id)
+            .size(m.length)
+            .build()
+            .map(|o| vec![o])
+            .unwrap_or_default()
+    };
+    linux.set_uid_mappings(input.userns.as_ref().map(|u| idmap(&u.uids)));
+    linux.set_gid_mappings(input.userns.as_ref().map(|u| idmap(&u.gids)));
     linux.set_sysctl(None);
     linux.set_namespaces(Some(namespaces(
         config,
@@ -308,6 +326,10 @@ fn namespaces(
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     use LinuxNamespaceType as T;
     let mut out = Vec::new();
+    // The user namespace first: the others are owned by it.
+    if let Some(user) = &pod.user {
+        out.push(namespace(T::User, Some(user)));
+    }
 
     let pid_mode = security_context(config)
         .and_then(|s| s.namespace_options.as_ref())

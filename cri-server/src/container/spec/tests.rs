@@ -8,7 +8,7 @@ use k8s_cri::v1::{
     ImageSpec, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
     MountPropagation, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    SecurityProfile, SupplementalGroupsPolicy, UserNamespace, security_profile::ProfileType,
+    SecurityProfile, SupplementalGroupsPolicy, security_profile::ProfileType,
 };
 use oci_spec::runtime::{
     Capability, LinuxDeviceType, LinuxNamespaceType, LinuxSeccompAction, Mount as OciMount, Spec,
@@ -32,6 +32,7 @@ struct Env {
     can_lower: bool,
     seccomp_root: PathBuf,
     host: HostFacts,
+    userns: Option<crate::sandbox::userns::Userns>,
 }
 
 impl Env {
@@ -95,6 +96,7 @@ impl Env {
                 oom_score_adj: 0,
                 hostname: "node-1".into(),
             },
+            userns: None,
         }
     }
 
@@ -111,6 +113,7 @@ impl Env {
             cgroups_path: "/kubepods/poduid-1/c1".into(),
             can_lower_oom_score: self.can_lower,
             seccomp_profile_root: &self.seccomp_root,
+            userns: self.userns,
         };
         build_with(&input, &self.host)
     }
@@ -739,16 +742,36 @@ fn hostname_is_set_only_for_a_private_uts_namespace() {
 }
 
 #[test]
-fn user_namespaces_are_refused() {
-    let env = Env::new();
+fn user_namespace_pods_join_the_pinned_namespace_with_its_mappings() {
+    use crate::sandbox::userns::{IdMap, Userns};
+    let mut env = Env::new();
+    env.namespaces.user = Some(PathBuf::from("/run/pins/p-user"));
+    env.userns = Some(Userns {
+        uids: IdMap {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        },
+        gids: IdMap {
+            container_id: 0,
+            host_id: 131072,
+            length: 65536,
+        },
+    });
+    let spec = env.build(&ContainerConfig::default()).unwrap();
+    let l = linux(&spec);
+    let ns = l.namespaces().as_ref().unwrap();
+    assert_eq!(ns[0].typ(), LinuxNamespaceType::User);
+    assert_eq!(ns[0].path().as_deref(), Some(Path::new("/run/pins/p-user")));
+    let u = &l.uid_mappings().as_ref().unwrap()[0];
+    let g = &l.gid_mappings().as_ref().unwrap()[0];
+    assert_eq!((u.container_id(), u.host_id(), u.size()), (0, 65536, 65536));
+    assert_eq!(g.host_id(), 131072);
+
+    // Privileged containers keep host users only.
+    env.privileged_sandbox();
     let c = with_sc(LinuxContainerSecurityContext {
-        namespace_options: Some(NamespaceOption {
-            userns_options: Some(UserNamespace {
-                mode: NamespaceMode::Pod as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        privileged: true,
         ..Default::default()
     });
     assert!(matches!(env.build(&c), Err(SpecError::InvalidArgument(_))));
