@@ -11,6 +11,15 @@ use k8s_cri::v1::*;
 use nix::sys::signal::Signal;
 use tonic::Code;
 
+/// The mounts a daemon with no pods keeps: its private namespace pin dir and the private dir
+/// for the mounts it prepares for containers.
+fn daemon_mount_dirs(state: &std::path::Path) -> Vec<String> {
+    ["ns", "mnt"]
+        .iter()
+        .map(|d| state.join(d).display().to_string())
+        .collect()
+}
+
 #[test]
 fn container_logs_in_cri_format_and_reports_its_exit_code() {
     in_node(11, |mut n| async move {
@@ -279,8 +288,8 @@ fn stop_sends_the_signal_then_kills_and_remove_leaves_nothing_behind() {
         let state = n.server.dir.path().join("state");
         assert_eq!(
             mounts_under(n.server.dir.path()),
-            vec![state.join("ns").display().to_string()],
-            "only the pin dir itself"
+            daemon_mount_dirs(&state),
+            "only the daemon's private pin and mount dirs"
         );
         for d in ["pods", "bundles"] {
             assert_eq!(std::fs::read_dir(state.join(d)).unwrap().count(), 0, "{d}");
@@ -483,8 +492,8 @@ fn bad_requests_are_refused_and_leave_nothing() {
         assert_eq!(std::fs::read_dir(state.join("pods")).unwrap().count(), 0);
         assert_eq!(
             mounts_under(n.server.dir.path()),
-            vec![state.join("ns").display().to_string()],
-            "only the pin dir itself"
+            daemon_mount_dirs(&state),
+            "only the daemon's private pin and mount dirs"
         );
     });
 }
@@ -537,7 +546,7 @@ fn crash_inside_run_pod_sandbox_leaves_nothing_after_restart() {
             );
             assert_eq!(
                 mounts_under(n.server.dir.path()),
-                vec![state.join("ns").display().to_string()],
+                daemon_mount_dirs(&state),
                 "{point}: mounts"
             );
             assert_eq!(
@@ -553,12 +562,36 @@ fn crash_inside_run_pod_sandbox_leaves_nothing_after_restart() {
 fn crash_inside_create_container_leaves_nothing_after_restart() {
     in_node(19, |mut n| async move {
         let pod = n.run_pod("crashc").await;
-        for point in ["container-after-rootfs", "container-after-runtime-create"] {
+        let vol = tempfile::tempdir().unwrap();
+        for point in [
+            "container-after-rootfs",
+            "container-after-volumes",
+            "container-after-runtime-create",
+        ] {
             n.server.env = vec![("CRI_SERVER_FAILPOINT".into(), point.into())];
             n.server.stop_with(Signal::SIGTERM).unwrap();
             n.server.spawn().unwrap();
             n.c = n.server.clients().await.unwrap();
-            let cfg = n.container_config("victim", &["sleep", "3600"]);
+            let mut cfg = n.container_config("victim", &["sleep", "3600"]);
+            // Mounts the daemon prepares itself: a recursive read-only volume, an image volume.
+            cfg.mounts = vec![
+                Mount {
+                    container_path: "/rro".into(),
+                    host_path: vol.path().display().to_string(),
+                    readonly: true,
+                    recursive_read_only: true,
+                    ..Default::default()
+                },
+                Mount {
+                    container_path: "/img".into(),
+                    readonly: true,
+                    image: Some(ImageSpec {
+                        image: n.busybox.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ];
             assert!(
                 n.create(&pod, cfg).await.is_err(),
                 "{point}: the daemon died mid-call"
@@ -586,6 +619,11 @@ fn crash_inside_create_container_leaves_nothing_after_restart() {
                 0,
                 "{point}: leases"
             );
+            assert_eq!(
+                count(&n.server.root.join("images/volume-images")),
+                0,
+                "{point}: image volume leases"
+            );
             let runc = std::process::Command::new("runc")
                 .arg("--root")
                 .arg(state.join("runc/runc"))
@@ -597,15 +635,16 @@ fn crash_inside_create_container_leaves_nothing_after_restart() {
                 "",
                 "{point}: runc containers"
             );
-            // Only the pod's own mounts stay (pin dir, its three pins, its shm): no rootfs.
+            // Only the daemon's dirs and the pod's own mounts stay (pin dir, mnt dir, its three
+            // pins, its shm): no rootfs, no prepared volume.
             let mounts = mounts_under(n.server.dir.path());
             assert!(
-                mounts
-                    .iter()
-                    .all(|m| m.contains("/state/ns") || m.ends_with("/shm")),
+                mounts.iter().all(|m| m.contains("/state/ns")
+                    || m.ends_with("/state/mnt")
+                    || m.ends_with("/shm")),
                 "{point}: {mounts:?}"
             );
-            assert_eq!(mounts.len(), 5, "{point}: {mounts:?}");
+            assert_eq!(mounts.len(), 6, "{point}: {mounts:?}");
             // The pod itself is untouched and still usable.
             let st =
                 n.c.runtime

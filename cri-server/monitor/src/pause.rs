@@ -20,9 +20,9 @@ extern "C" fn leave(_: libc::c_int) {
 
 pub fn run(pid_file: &Path, userns: Option<&Path>) -> ExitCode {
     if let Some(path) = userns {
-        let joined = std::fs::File::open(path)
-            .map_err(nix::Error::from)
-            .and_then(|f| nix::sched::setns(f, CloneFlags::CLONE_NEWUSER));
+        let joined = std::fs::File::open(path).and_then(|f| {
+            nix::sched::setns(f, CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from)
+        });
         if let Err(e) = joined {
             eprintln!(
                 "cri-monitor pause: join the user namespace {}: {e}",

@@ -202,17 +202,39 @@ pub(crate) fn build(
             }
         };
         let rw = if w.readonly { "ro" } else { "rw" };
+        let mut options = vec!["rbind", prop, rw];
+        options.extend(locked_flags(&source));
         mounts.push(mount(
             &w.dest,
             "bind",
             &source.display().to_string(),
-            &["rbind", prop, rw],
+            &options,
         ));
     }
     Ok(Mounted {
         mounts,
         rootfs_propagation,
     })
+}
+
+/// The source mount's nosuid/nodev/noexec, kept on the bind: the OCI runtime's read-only
+/// remount would otherwise drop them (a weaker mount than the host's), and inside a user
+/// namespace the kernel refuses to drop them at all.
+fn locked_flags(source: &Path) -> Vec<&'static str> {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let Ok(st) = statvfs(source) else {
+        return Vec::new();
+    };
+    let f = st.flags();
+    [
+        (FsFlags::ST_NOSUID, "nosuid"),
+        (FsFlags::ST_NODEV, "nodev"),
+        (FsFlags::ST_NOEXEC, "noexec"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| f.contains(*flag))
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// The host path with symlinks resolved; a missing one is the caller's error (the CRI says
