@@ -117,6 +117,14 @@ fn user_namespace_pod_is_root_inside_and_mapped_outside_with_idmapped_volumes() 
             host_path: vol.path().display().to_string(),
             ..Default::default()
         });
+        // A single file, as the kubelet mounts termination-log and etc-hosts.
+        let log_file = vol.path().join("termination-log");
+        std::fs::write(&log_file, b"").unwrap();
+        c.mounts.push(Mount {
+            container_path: "/dev/termination-log".into(),
+            host_path: log_file.display().to_string(),
+            ..Default::default()
+        });
         let id = n.run_container_with(&pod, c).await;
 
         let (code, out, err) = n.sh(&id, "id -u; id -g; cat /proc/self/uid_map").await;
