@@ -61,7 +61,7 @@ impl Runtime {
                 ));
             }
         }
-        super::volumes::check(&config.mounts, &self.features, sb.userns.is_some())
+        super::volumes::check(&config.mounts, &self.features, sb.userns.as_ref())
             .map_err(RuntimeError::InvalidArgument)?;
         let taken = self.containers_of(&sb.id).iter().any(|c| {
             c.config

@@ -21,6 +21,7 @@ use crate::features::HostFeatures;
 use crate::image::ImageRecord;
 use crate::mountapi;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::sandbox::userns::Userns;
 
 /// An image mounted as a volume: which mount, and the image it resolved to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +38,25 @@ fn is_image(m: &Mount) -> bool {
 }
 
 /// Refuses mount combinations we do not make, before anything is made.
-pub fn check(mounts: &[Mount], features: &HostFeatures, userns: bool) -> Result<(), String> {
+pub fn check(
+    mounts: &[Mount],
+    features: &HostFeatures,
+    pod_userns: Option<&Userns>,
+) -> Result<(), String> {
+    let userns = pod_userns.is_some();
     for m in mounts {
+        // Per-mount mappings: only the pod's own (what we apply to every volume anyway).
+        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            let same = pod_userns.is_some_and(|u| {
+                m.uid_mappings == [u.uids.to_cri()] && m.gid_mappings == [u.gids.to_cri()]
+            });
+            if !same {
+                return Err(format!(
+                    "mount at {:?}: id mappings other than the pod's user namespace mappings are not supported",
+                    m.container_path
+                ));
+            }
+        }
         let at = &m.container_path;
         let propagation = MountPropagation::try_from(m.propagation)
             .unwrap_or(MountPropagation::PropagationPrivate);
@@ -266,6 +284,8 @@ impl Runtime {
                 out.push(Mount {
                     host_path: target.display().to_string(),
                     recursive_read_only: false,
+                    uid_mappings: Vec::new(),
+                    gid_mappings: Vec::new(),
                     ..m
                 });
             } else if m.recursive_read_only {
@@ -334,7 +354,7 @@ mod tests {
             check(
                 &[rro(true, MountPropagation::PropagationPrivate)],
                 &on,
-                false
+                None
             )
             .is_ok()
         );
@@ -342,7 +362,7 @@ mod tests {
             check(
                 &[rro(false, MountPropagation::PropagationPrivate)],
                 &on,
-                false
+                None
             )
             .is_err()
         );
@@ -350,7 +370,7 @@ mod tests {
             check(
                 &[rro(true, MountPropagation::PropagationHostToContainer)],
                 &on,
-                false
+                None
             )
             .is_err()
         );
@@ -358,7 +378,7 @@ mod tests {
             check(
                 &[rro(true, MountPropagation::PropagationBidirectional)],
                 &on,
-                false
+                None
             )
             .is_err()
         );
@@ -366,7 +386,7 @@ mod tests {
             check(
                 &[rro(true, MountPropagation::PropagationPrivate)],
                 &features(false),
-                false
+                None
             )
             .is_err()
         );
@@ -375,18 +395,50 @@ mod tests {
     #[test]
     fn image_volumes_must_be_read_only_with_a_relative_sub_path() {
         let on = features(true);
-        assert!(check(&[image_mount("", true)], &on, false).is_ok());
-        assert!(check(&[image_mount("etc/app", true)], &on, true).is_ok());
-        assert!(check(&[image_mount("", false)], &on, false).is_err());
-        assert!(check(&[image_mount("/etc", true)], &on, false).is_err());
-        assert!(check(&[image_mount("a/../../b", true)], &on, false).is_err());
+        assert!(check(&[image_mount("", true)], &on, None).is_ok());
+        assert!(check(&[image_mount("etc/app", true)], &on, Some(&USERNS)).is_ok());
+        assert!(check(&[image_mount("", false)], &on, None).is_err());
+        assert!(check(&[image_mount("/etc", true)], &on, None).is_err());
+        assert!(check(&[image_mount("a/../../b", true)], &on, None).is_err());
         let stray = Mount {
             container_path: "/v".into(),
             host_path: "/tmp".into(),
             image_sub_path: "x".into(),
             ..Default::default()
         };
-        assert!(check(&[stray], &on, false).is_err());
+        assert!(check(&[stray], &on, None).is_err());
+    }
+
+    const USERNS: Userns = Userns {
+        uids: crate::sandbox::userns::IdMap {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        },
+        gids: crate::sandbox::userns::IdMap {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        },
+    };
+
+    #[test]
+    fn per_mount_mappings_must_be_the_pods() {
+        let on = features(true);
+        let mapped = |host: u32| Mount {
+            container_path: "/v".into(),
+            host_path: "/tmp".into(),
+            uid_mappings: vec![k8s_cri::v1::IdMapping {
+                host_id: host,
+                container_id: 0,
+                length: 65536,
+            }],
+            gid_mappings: vec![USERNS.gids.to_cri()],
+            ..Default::default()
+        };
+        assert!(check(&[mapped(65536)], &on, Some(&USERNS)).is_ok());
+        assert!(check(&[mapped(70000)], &on, Some(&USERNS)).is_err());
+        assert!(check(&[mapped(65536)], &on, None).is_err());
     }
 
     #[test]
@@ -397,7 +449,7 @@ mod tests {
             propagation: MountPropagation::PropagationHostToContainer as i32,
             ..Default::default()
         };
-        assert!(check(std::slice::from_ref(&m), &features(true), false).is_ok());
-        assert!(check(&[m], &features(true), true).is_err());
+        assert!(check(std::slice::from_ref(&m), &features(true), None).is_ok());
+        assert!(check(&[m], &features(true), Some(&USERNS)).is_err());
     }
 }
