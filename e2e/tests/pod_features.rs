@@ -109,7 +109,12 @@ fn user_namespace_pod_is_root_inside_and_mapped_outside_with_idmapped_volumes() 
         let vol = tempfile::tempdir().unwrap();
         std::fs::write(vol.path().join("owned-by-1000"), b"x").unwrap();
         std::os::unix::fs::chown(vol.path().join("owned-by-1000"), Some(1000), Some(1000)).unwrap();
-        let cfg = userns_pod(&n, "userns", id_map(200_000), id_map(300_000));
+        let mut cfg = userns_pod(&n, "userns", id_map(200_000), id_map(300_000));
+        cfg.linux
+            .as_mut()
+            .unwrap()
+            .sysctls
+            .insert("net.ipv4.ip_unprivileged_port_start".into(), "0".into());
         let pod = n.run_pod_with(cfg).await;
         let mut c = n.container_config("app", &["sh", "-c", "sleep 3600; : userns-marker-e2e"]);
         c.mounts.push(Mount {
@@ -136,6 +141,16 @@ fn user_namespace_pod_is_root_inside_and_mapped_outside_with_idmapped_volumes() 
             200_000,
             "host sees the mapped uid"
         );
+
+        // Hostname and sysctls were set in namespaces the user namespace owns.
+        let (code, out, err) = n
+            .sh(
+                &id,
+                "hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
+            )
+            .await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "userns\n0");
 
         // The image's files are root's inside; writes to the rootfs land as mapped ids.
         let (code, out, err) = n
