@@ -23,6 +23,7 @@ cargo build --release --workspace --bins
 install -m 0755 target/release/cri-server /usr/local/bin/cri-server
 # The per-pod monitor sits next to the daemon, which finds it there.
 install -m 0755 target/release/cri-monitor /usr/local/bin/cri-monitor
+install -m 0755 target/release/cri-exec /usr/local/bin/cri-exec
 install -d -m 0755 /opt/cni/bin
 install -m 0755 target/release/cni-bridge /opt/cni/bin/cni-bridge
 install -d -m 0755 /etc/cri-server /etc/cri-server/certs.d

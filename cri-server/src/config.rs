@@ -79,6 +79,12 @@ address = "127.0.0.1:9338"
 # The OCI runtime handler used when a pod names none.
 default_handler = "runc"
 
+# ExecSync through cri-exec (joins the container's namespaces and cgroups and takes on its
+# user, capabilities, seccomp filter and limits itself) instead of `<runtime> exec`: the same
+# process in a fraction of the time. Containers with settings it does not reproduce
+# (AppArmor, SELinux) still go through the OCI runtime. false: always the OCI runtime.
+direct_exec = true
+
 # One table per runtime handler (the pod's runtime_handler / RuntimeClass handler).
 # path: the OCI runtime binary (a bare name is looked up in PATH).
 [runtime.handlers.runc]
@@ -183,6 +189,7 @@ impl Default for CniConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     pub default_handler: String,
+    pub direct_exec: bool,
     pub handlers: std::collections::BTreeMap<String, RuntimeHandler>,
 }
 
@@ -196,6 +203,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             default_handler: "runc".into(),
+            direct_exec: true,
             handlers: [
                 (
                     "runc".to_string(),

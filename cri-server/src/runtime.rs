@@ -96,6 +96,8 @@ pub struct Runtime {
     pub handlers: HashMap<String, PathBuf>,
     pub default_handler: String,
     pub monitor_binary: PathBuf,
+    /// `cri-exec` for ExecSync without the OCI runtime (`runtime.direct_exec`), when present.
+    pub exec_binary: Option<PathBuf>,
     pub cdi_dirs: Vec<PathBuf>,
     /// The node's pod CIDR(s) from UpdateRuntimeConfig, offered to CNI as `ipRanges`.
     pub pod_cidr: RwLock<String>,
@@ -158,6 +160,14 @@ impl Runtime {
             .and_then(|p| p.parent().map(|d| d.join("cri-monitor")))
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("cri-monitor"));
+        let exec_binary = monitor_binary.with_file_name("cri-exec");
+        let exec_binary =
+            (config.runtime.direct_exec && exec_binary.is_file()).then_some(exec_binary);
+        if config.runtime.direct_exec && exec_binary.is_none() {
+            warn!(
+                "cri-exec is not installed next to cri-monitor: ExecSync goes through the OCI runtime"
+            );
+        }
         let can_lower_oom_score = has_cap_sys_resource();
         if !can_lower_oom_score {
             warn!(
@@ -175,6 +185,7 @@ impl Runtime {
             handlers,
             default_handler: config.runtime.default_handler.clone(),
             monitor_binary,
+            exec_binary,
             cdi_dirs: config.cdi.spec_dirs.clone(),
             pod_cidr: RwLock::new(String::new()),
             cgroups: crate::stats::cgroup::Cgroups::detect(),

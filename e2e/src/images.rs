@@ -373,7 +373,7 @@ pub fn busybox_base_entries() -> Result<Vec<Entry>> {
     ];
     for tool in [
         "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "ps", "wget", "httpd",
-        "hostname", "tail", "mkdir", "nc", "ping", "touch", "head", "stat", "chown",
+        "hostname", "tail", "mkdir", "nc", "ping", "touch", "head", "stat", "chown", "readlink",
     ] {
         entries.push(Entry::symlink(&format!("bin/{tool}"), "busybox"));
     }

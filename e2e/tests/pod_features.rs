@@ -182,6 +182,10 @@ fn user_namespace_pod_is_root_inside_and_mapped_outside_with_idmapped_volumes() 
             .await;
         assert_eq!(code, 0, "{err}");
 
+        assert!(
+            !n.server.log().contains("cri-exec could not run"),
+            "ExecSync joined the user namespace itself"
+        );
         n.remove_pod(&pod.0).await;
         assert_nothing_left(&n);
     });

@@ -154,6 +154,199 @@ fn exec_sync_returns_both_streams_and_exit_code_and_kills_at_timeout() {
     });
 }
 
+/// The host pid of the process whose command line is exactly `cmdline` (NUL-separated).
+fn pid_of(cmdline: &[u8]) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        (std::fs::read(e.path().join("cmdline")).ok()? == cmdline).then_some(pid)
+    })
+}
+
+/// A process's seccomp filter (classic BPF, 8 bytes an instruction), read with ptrace.
+fn seccomp_filter(pid: i32) -> Vec<u64> {
+    let p = nix::unistd::Pid::from_raw(pid);
+    // SAFETY: attaching to a process of the test's own container.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) };
+    assert_eq!(rc, 0, "ptrace attach: {}", std::io::Error::last_os_error());
+    nix::sys::wait::waitpid(p, None).expect("wait for the stop");
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    // SAFETY: ptrace requests on a process we attached; the buffer holds `n` instructions.
+    let program = unsafe {
+        let n = libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            pid,
+            0,
+            std::ptr::null_mut::<u64>(),
+        );
+        assert!(n > 0, "no seccomp filter on {pid}");
+        let mut buf = vec![0u64; n as usize];
+        let got = libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 0, buf.as_mut_ptr());
+        assert_eq!(got, n);
+        buf
+    };
+    // SAFETY: detaching from the process attached above.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+    program
+}
+
+/// Runs a seccomp stub (classic BPF: loads, jumps, returns) on one (arch, syscall number):
+/// `Some(ret)` if it returns, `None` if it falls through to the filter after it.
+fn run_stub(stub: &[u64], arch: u32, nr: u32) -> Option<u32> {
+    let (mut pc, mut acc) = (0usize, 0u32);
+    while pc < stub.len() {
+        let i = stub[pc];
+        let (code, jt, jf, k) = (i as u16, (i >> 16) as u8, (i >> 24) as u8, (i >> 32) as u32);
+        let jump = |taken: bool| if taken { jt as usize } else { jf as usize };
+        pc += 1 + match code {
+            0x20 => {
+                acc = if k == 4 { arch } else { nr };
+                0
+            }
+            0x05 => k as usize,
+            0x15 => jump(acc == k),
+            0x25 => jump(acc > k),
+            0x35 => jump(acc >= k),
+            0x45 => jump(acc & k != 0),
+            0x06 => return Some(k),
+            other => panic!("unexpected BPF op {other:#x} in the stub"),
+        };
+    }
+    None
+}
+
+#[test]
+fn exec_sync_process_matches_the_container_init_in_identity_capabilities_seccomp_and_cgroups() {
+    in_node(31, |mut n| async move {
+        let pod = n.run_pod("parity").await;
+        for (name, nnp, init) in [("nnp", true, "3623"), ("privesc", false, "3624")] {
+            let mut cfg = n.container_config(name, &["sleep", init]);
+            cfg.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    run_as_user: Some(Int64Value { value: 1000 }),
+                    run_as_group: Some(Int64Value { value: 1000 }),
+                    supplemental_groups: vec![2000, 3000],
+                    no_new_privs: nnp,
+                    capabilities: Some(Capability {
+                        add_capabilities: vec!["SYS_TIME".into()],
+                        drop_capabilities: vec!["NET_RAW".into(), "CHOWN".into()],
+                        ..Default::default()
+                    }),
+                    seccomp: Some(SecurityProfile {
+                        profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                        localhost_ref: String::new(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let id = n.create(&pod, cfg).await.expect("create");
+            n.start(&id).await;
+
+            // What the kernel says about PID 1 (runc made it) and about the exec'd process.
+            let fields = "Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp";
+            let (code, init_view, err) = n
+                .sh(&id, &format!("grep -E '^({fields})' /proc/1/status; cat /proc/1/cgroup; for ns in /proc/1/ns/*; do readlink $ns; done"))
+                .await;
+            assert_eq!(code, 0, "{err}");
+            let (code, exec_view, err) = n
+                .sh(&id, &format!("grep -E '^({fields})' /proc/$$/status; cat /proc/$$/cgroup; for ns in /proc/$$/ns/*; do readlink $ns; done"))
+                .await;
+            assert_eq!(code, 0, "{err}");
+            assert!(init_view.contains("Seccomp:\t2"), "{init_view}");
+            assert!(init_view.contains("Groups:\t1000 2000 3000"), "{init_view}");
+            assert_eq!(
+                exec_view, init_view,
+                "{name}: exec'd process differs from the init"
+            );
+
+            // The exec'd process carries the same seccomp program as the init: the libseccomp
+            // part instruction for instruction, the ENOSYS stub as long and with the same
+            // instructions (runc orders its architectures at random).
+            let marker = format!("sleep 4{init}");
+            let exec = {
+                let mut rt = n.c.runtime.clone();
+                let id = id.clone();
+                let cmd = marker.clone();
+                tokio::spawn(async move {
+                    rt.exec_sync(ExecSyncRequest {
+                        container_id: id,
+                        cmd: cmd.split(' ').map(str::to_string).collect(),
+                        timeout: 60,
+                    })
+                    .await
+                })
+            };
+            let cmdline =
+                |s: &str| -> Vec<u8> { s.split(' ').flat_map(|w| w.bytes().chain([0])).collect() };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let exec_pid = loop {
+                if let Some(p) = pid_of(&cmdline(&marker)) {
+                    break p;
+                }
+                assert!(Instant::now() < deadline, "exec'd process never showed up");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let init_pid = pid_of(&cmdline(&format!("sleep {init}"))).expect("init pid");
+            let (a, b) = (seccomp_filter(init_pid), seccomp_filter(exec_pid));
+            let is_ld_arch =
+                |i: &u64| i.to_ne_bytes()[..2] == 0x20u16.to_ne_bytes() && (i >> 32) as u32 == 4;
+            let body = |p: &[u64]| {
+                p.iter()
+                    .enumerate()
+                    .filter(|(_, i)| is_ld_arch(i))
+                    .nth(1)
+                    .map(|(k, _)| k)
+                    .expect("stub then filter")
+            };
+            let (sa, sb) = (body(&a), body(&b));
+            if let Ok(dir) = std::env::var("E2E_DUMP_SECCOMP") {
+                let dump = |p: &[u64]| {
+                    p.iter()
+                        .map(|i| {
+                            format!(
+                                "{:04x} {:3} {:3} {:#x}\n",
+                                *i as u16,
+                                (*i >> 16) as u8,
+                                (*i >> 24) as u8,
+                                (*i >> 32) as u32
+                            )
+                        })
+                        .collect::<String>()
+                };
+                std::fs::write(format!("{dir}/{name}-init.txt"), dump(&a)).unwrap();
+                std::fs::write(format!("{dir}/{name}-exec.txt"), dump(&b)).unwrap();
+            }
+            assert_eq!(a[sa..], b[sb..], "{name}: the libseccomp program differs");
+            // The stubs decide alike for every architecture and syscall number around the
+            // limits they hold (their layout depends on the order of architectures).
+            let mut probes = vec![(0xC000_003Eu32, 0u32), (0x4000_0003, 0), (0xDEAD, 5)];
+            for insn in a[..sa].iter().chain(&b[..sb]) {
+                let k = (insn >> 32) as u32;
+                for arch in [0xC000_003E, 0x4000_0003] {
+                    for nr in [k.wrapping_sub(1), k, k.wrapping_add(1), k | 0x4000_0000] {
+                        probes.push((arch, nr));
+                    }
+                }
+            }
+            for (arch, nr) in probes {
+                assert_eq!(
+                    run_stub(&a[..sa], arch, nr),
+                    run_stub(&b[..sb], arch, nr),
+                    "{name}: the ENOSYS stubs disagree on arch {arch:#x} syscall {nr:#x}"
+                );
+            }
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(exec_pid), Signal::SIGKILL).unwrap();
+            let r = exec.await.unwrap().unwrap().into_inner();
+            assert_eq!(r.exit_code, 137);
+        }
+        assert!(
+            !n.server.log().contains("cri-exec could not run"),
+            "every exec went through cri-exec"
+        );
+        n.remove_pod(&pod.0).await;
+    });
+}
+
 #[test]
 fn stop_sends_the_signal_then_kills_and_remove_leaves_nothing_behind() {
     in_node(14, |mut n| async move {

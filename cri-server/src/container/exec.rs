@@ -1,9 +1,13 @@
 //! ExecSync: run a command in a running container, collect both streams (capped), kill it at
 //! the timeout.
 
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
-use tracing::instrument;
+use tokio::io::AsyncReadExt;
+use tracing::{instrument, warn};
 
 use super::record::ContainerPhase;
 use crate::oci::ExecOutput;
@@ -29,6 +33,31 @@ impl Runtime {
                 rec.id
             )));
         }
+        let timeout = (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs as u64));
+        if let Some(exec) = &self.exec_binary
+            && rec.pid > 0
+        {
+            match direct(
+                exec,
+                rec.pid,
+                &rec.bundle.join("config.json"),
+                &cmd,
+                timeout,
+            )
+            .await
+            {
+                Ok(Some(out)) => {
+                    if out.timed_out {
+                        return Err(RuntimeError::DeadlineExceeded(format!(
+                            "command {cmd:?} timed out after {timeout_secs}s"
+                        )));
+                    }
+                    return Ok(out);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(RuntimeError::internal(format!("exec in {}", rec.id), e)),
+            }
+        }
         // The exec'd process gets the container's own process settings with other args.
         let spec: serde_json::Value = std::fs::read(rec.bundle.join("config.json"))
             .ok()
@@ -46,7 +75,6 @@ impl Runtime {
         )
         .map_err(|e| RuntimeError::internal("write exec process", e))?;
         let oci = self.oci(&rec.runtime_handler)?;
-        let timeout = (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs as u64));
         let result = oci.exec(&rec.id, &process_path, &pid_path, timeout).await;
         let _ = std::fs::remove_file(&process_path);
         let _ = std::fs::remove_file(&pid_path);
@@ -58,4 +86,75 @@ impl Runtime {
         }
         Ok(out)
     }
+}
+
+/// ExecSync through `cri-exec`. `Ok(None)`: it could not set the process up (it says why on
+/// its status pipe before running anything), so the caller uses the OCI runtime instead.
+async fn direct(
+    exec: &Path,
+    pid: u32,
+    config: &Path,
+    cmd: &[String],
+    timeout: Option<Duration>,
+) -> std::io::Result<Option<ExecOutput>> {
+    let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut command = tokio::process::Command::new(exec);
+    command
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg("--config")
+        .arg(config)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let w = status_w.as_raw_fd();
+    // SAFETY: between fork and exec only dup2 (async-signal-safe) runs; it gives the status
+    // pipe's write end to the child as fd 3 without CLOEXEC.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(w, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    drop(status_w);
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let out_task = tokio::spawn(crate::oci::read_capped(stdout));
+    let err_task = tokio::spawn(crate::oci::read_capped(stderr));
+    let mut status_pipe = tokio::fs::File::from_std(std::fs::File::from(status_r));
+    let waited = match timeout {
+        Some(t) => tokio::time::timeout(t, child.wait()).await.ok(),
+        None => Some(child.wait().await),
+    };
+    let (exit_code, timed_out) = match waited {
+        Some(status) => (status?.code().unwrap_or(255), false),
+        None => {
+            // The command dies with cri-exec (parent-death signal).
+            let _ = child.kill().await;
+            (137, true)
+        }
+    };
+    let mut status = String::new();
+    let _ = status_pipe.read_to_string(&mut status).await;
+    if let Some(reason) = status.lines().find_map(|l| l.strip_prefix("E ")) {
+        out_task.abort();
+        err_task.abort();
+        warn!(
+            reason,
+            "cri-exec could not run the command: using the OCI runtime"
+        );
+        return Ok(None);
+    }
+    Ok(Some(ExecOutput {
+        stdout: out_task.await.unwrap_or_default(),
+        stderr: err_task.await.unwrap_or_default(),
+        exit_code,
+        timed_out,
+    }))
 }
