@@ -86,6 +86,8 @@ pub struct Runtime {
     pub images: Arc<ImageStore>,
     pub cni: Cni,
     pub handlers: HashMap<String, PathBuf>,
+    /// Each handler's binary, with its sealed copy (`runtime.sealed_copy`).
+    binaries: HashMap<String, crate::oci::sealed::RuntimeBinary>,
     pub default_handler: String,
     pub monitor_binary: PathBuf,
     pub cdi_dirs: Vec<PathBuf>,
@@ -139,6 +141,16 @@ impl Runtime {
             .handlers
             .iter()
             .map(|(k, v)| (k.clone(), resolve_binary(&v.path)))
+            .collect::<HashMap<_, _>>();
+        let binaries = handlers
+            .iter()
+            .map(|(k, path)| {
+                let binary = crate::oci::sealed::RuntimeBinary::new(
+                    path.clone(),
+                    config.runtime.sealed_copy,
+                );
+                (k.clone(), binary)
+            })
             .collect();
         let monitor_binary = std::env::current_exe()
             .ok()
@@ -160,6 +172,7 @@ impl Runtime {
             paths,
             images,
             handlers,
+            binaries,
             default_handler: config.runtime.default_handler.clone(),
             monitor_binary,
             cdi_dirs: config.cdi.spec_dirs.clone(),
@@ -183,13 +196,13 @@ impl Runtime {
         } else {
             handler
         };
-        let binary = self.handlers.get(name).ok_or_else(|| {
+        let binary = self.binaries.get(name).ok_or_else(|| {
             RuntimeError::InvalidArgument(format!("unknown runtime handler {name:?}"))
         })?;
-        Ok(OciRuntime {
-            binary: binary.clone(),
-            root: self.paths.runtime_root().join(name),
-        })
+        Ok(OciRuntime::new(
+            binary,
+            self.paths.runtime_root().join(name),
+        ))
     }
 
     pub(crate) fn pod_lock(&self, pod_id: &str) -> Arc<tokio::sync::Mutex<()>> {
