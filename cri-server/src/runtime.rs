@@ -76,6 +76,10 @@ impl Paths {
     pub fn runtime_root(&self) -> PathBuf {
         self.state.join("runc")
     }
+    /// Symlinks to the sealed copies of the runtime binaries, one dir per handler.
+    pub fn runtime_bin(&self) -> PathBuf {
+        self.state.join("runtime-bin")
+    }
     pub fn cni_cache(&self) -> PathBuf {
         self.root.join("cni-cache")
     }
@@ -142,12 +146,16 @@ impl Runtime {
             .iter()
             .map(|(k, v)| (k.clone(), resolve_binary(&v.path)))
             .collect::<HashMap<_, _>>();
+        // Symlinks to the sealed copies; those of an earlier run point into its /proc.
+        let links = paths.runtime_bin();
+        let _ = std::fs::remove_dir_all(&links);
         let binaries = handlers
             .iter()
             .map(|(k, path)| {
                 let binary = crate::oci::sealed::RuntimeBinary::new(
                     path.clone(),
                     config.runtime.sealed_copy,
+                    Some(&links.join(k)),
                 );
                 (k.clone(), binary)
             })

@@ -6,8 +6,9 @@
 //! mount, a remount and an unmount in the host mount namespace) or else copies itself into a
 //! memfd, and re-executes that. Upstream's `memfd-bind` shares one sealed copy between calls
 //! for the same reason. We make that copy once per handler, keep its fd open for the daemon's
-//! life and execute it as `/proc/<our pid>/fd/<n>`; the per-pod monitor runs `create` through
-//! the same path. The copy cannot be written, truncated or grown by anyone (the seals are
+//! life and execute it as `/proc/<our pid>/fd/<n>`, through a symlink in the state dir named
+//! like the file (`<state_dir>/runtime-bin/<handler>/runc`); the per-pod monitor runs
+//! `create` through the same path. The copy cannot be written, truncated or grown by anyone (the seals are
 //! themselves sealed), so what a container can reach through `/proc/<runc pid>/exe` stays
 //! read-only, as with runc's own copy. A new copy is made when the file on disk changes.
 
@@ -57,7 +58,11 @@ impl FileKey {
 pub struct SealedCopy {
     fd: OwnedFd,
     key: FileKey,
-    exec_path: PathBuf,
+    /// `/proc/<our pid>/fd/<n>`.
+    fd_path: PathBuf,
+    /// A symlink to `fd_path` named like the file (so the runtime's processes are called
+    /// `runc`, not `12`), when one could be made.
+    link: Option<PathBuf>,
 }
 
 impl SealedCopy {
@@ -90,7 +95,7 @@ impl SealedCopy {
                 "the copy has seals {seals:#x}, not {RUNC_MEMFD_SEALS:#x}"
             )));
         }
-        let exec_path = PathBuf::from(format!(
+        let fd_path = PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
             fd.as_raw_fd()
@@ -98,14 +103,28 @@ impl SealedCopy {
         Ok(SealedCopy {
             fd,
             key: before,
-            exec_path,
+            fd_path,
+            link: None,
         })
     }
 
-    /// What to execute: `/proc/<our pid>/fd/<n>`. Valid in any process of our PID namespace
-    /// that may read our fds (the per-pod monitors), while `self` lives.
+    /// Points the symlink `link` at this copy (replacing what it pointed at).
+    fn link_at(&mut self, link: &Path) -> io::Result<()> {
+        if let Some(dir) = link.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = link.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&self.fd_path, &tmp)?;
+        std::fs::rename(&tmp, link)?;
+        self.link = Some(link.to_path_buf());
+        Ok(())
+    }
+
+    /// What to execute: the symlink, else `/proc/<our pid>/fd/<n>`. Valid in any process of
+    /// our PID namespace that may read our fds (the per-pod monitors), while `self` lives.
     pub fn exec_path(&self) -> &Path {
-        &self.exec_path
+        self.link.as_deref().unwrap_or(&self.fd_path)
     }
 
     /// The seals on the copy (always [`RUNC_MEMFD_SEALS`]).
@@ -150,6 +169,8 @@ fn memfd_create(name: &str) -> io::Result<OwnedFd> {
 pub struct RuntimeBinary {
     path: PathBuf,
     sealed: bool,
+    /// The symlink to the current copy.
+    link: Option<PathBuf>,
     state: Mutex<State>,
 }
 
@@ -161,11 +182,19 @@ struct State {
 }
 
 impl RuntimeBinary {
-    /// `sealed`: run a sealed copy rather than the file. Makes the copy now if it can.
-    pub fn new(path: PathBuf, sealed: bool) -> RuntimeBinary {
+    /// `sealed`: run a sealed copy rather than the file, through a symlink named like the
+    /// file in `link_dir` if given. Makes the copy now if it can.
+    pub fn new(path: PathBuf, sealed: bool, link_dir: Option<&Path>) -> RuntimeBinary {
+        let link = link_dir.map(|d| {
+            d.join(
+                path.file_name()
+                    .unwrap_or_else(|| std::ffi::OsStr::new("runtime")),
+            )
+        });
         let b = RuntimeBinary {
             path,
             sealed,
+            link,
             state: Mutex::new(State::default()),
         };
         let _ = b.current();
@@ -194,11 +223,16 @@ impl RuntimeBinary {
             return None;
         }
         match SealedCopy::create(&self.path) {
-            Ok(copy) if copy.key == key => {
+            Ok(mut copy) if copy.key == key => {
+                if let Some(link) = &self.link
+                    && let Err(e) = copy.link_at(link)
+                {
+                    warn!(link = %link.display(), error = %e, "no symlink to the sealed copy");
+                }
                 info!(
                     binary = %self.path.display(),
                     size = key.size,
-                    exec = %copy.exec_path.display(),
+                    exec = %copy.exec_path().display(),
                     "running the OCI runtime from a sealed in-memory copy"
                 );
                 let copy = Arc::new(copy);
@@ -217,6 +251,9 @@ impl RuntimeBinary {
                 );
                 state.copy = None;
                 state.failed = Some(key);
+                if let Some(link) = &self.link {
+                    let _ = std::fs::remove_file(link);
+                }
                 None
             }
         }
@@ -263,7 +300,7 @@ mod tests {
     fn the_copy_runs_and_follows_changes_of_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = script(dir.path(), "#!/bin/sh\necho v1\n");
-        let binary = RuntimeBinary::new(path.clone(), true);
+        let binary = RuntimeBinary::new(path.clone(), true, Some(&dir.path().join("bin")));
         let first = binary.current().expect("a sealed copy");
         let out = std::process::Command::new("/bin/sh")
             .arg(first.exec_path())
@@ -282,17 +319,29 @@ mod tests {
             std::fs::read_to_string(second.exec_path()).unwrap(),
             "#!/bin/sh\necho v2\n"
         );
-        // The old copy stays usable while someone holds it.
+        // The symlink now leads to the new copy; the old one stays usable while someone
+        // holds it.
+        assert_eq!(first.exec_path(), second.exec_path());
         assert_eq!(
-            std::fs::read_to_string(first.exec_path()).unwrap(),
+            std::fs::read_to_string(&first.fd_path).unwrap(),
             "#!/bin/sh\necho v1\n"
         );
     }
 
     #[test]
     fn another_process_runs_the_copy_of_an_elf_binary() {
-        let binary = RuntimeBinary::new(PathBuf::from("/bin/true"), true);
+        let dir = tempfile::tempdir().unwrap();
+        let binary = RuntimeBinary::new(PathBuf::from("/bin/true"), true, Some(dir.path()));
         let copy = binary.current().expect("a sealed copy of /bin/true");
+        assert_eq!(copy.exec_path(), dir.path().join("true"));
+        let status = std::process::Command::new(copy.exec_path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Without the symlink: /proc/<pid>/fd/<n>.
+        let binary = RuntimeBinary::new(PathBuf::from("/bin/true"), true, None);
+        let copy = binary.current().unwrap();
+        assert!(copy.exec_path().starts_with("/proc"));
         let status = std::process::Command::new(copy.exec_path())
             .status()
             .unwrap();
@@ -303,9 +352,9 @@ mod tests {
     fn off_or_missing_means_the_file_itself() {
         let dir = tempfile::tempdir().unwrap();
         let path = script(dir.path(), "#!/bin/sh\n");
-        assert!(RuntimeBinary::new(path, false).current().is_none());
+        assert!(RuntimeBinary::new(path, false, None).current().is_none());
         assert!(
-            RuntimeBinary::new(dir.path().join("missing"), true)
+            RuntimeBinary::new(dir.path().join("missing"), true, None)
                 .current()
                 .is_none()
         );
