@@ -149,7 +149,7 @@ impl Runtime {
         // Symlinks to the sealed copies; those of an earlier run point into its /proc.
         let links = paths.runtime_bin();
         let _ = std::fs::remove_dir_all(&links);
-        let binaries = handlers
+        let binaries: HashMap<String, crate::oci::sealed::RuntimeBinary> = handlers
             .iter()
             .map(|(k, path)| {
                 let binary = crate::oci::sealed::RuntimeBinary::new(
@@ -160,6 +160,11 @@ impl Runtime {
                 (k.clone(), binary)
             })
             .collect();
+        // The default handler's copy now, so that the first pod does not wait for it; the
+        // others' when a pod first uses them (a copy of runc holds ~9 MB of memory).
+        if let Some(b) = binaries.get(&config.runtime.default_handler) {
+            let _ = b.current();
+        }
         let monitor_binary = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("cri-monitor")))
@@ -403,10 +408,11 @@ impl Runtime {
             }
         }
         for handler in self.handlers.keys() {
-            let Ok(oci) = self.oci(handler) else { continue };
-            if !oci.root.exists() {
+            // A handler no container ever used has no root (and needs no sealed copy).
+            if !self.paths.runtime_root().join(handler).exists() {
                 continue;
             }
+            let Ok(oci) = self.oci(handler) else { continue };
             for id in oci.list().await.unwrap_or_default() {
                 if !ctrs.contains(&id) {
                     let _ = oci.delete(&id).await;

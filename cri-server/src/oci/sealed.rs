@@ -183,7 +183,7 @@ struct State {
 
 impl RuntimeBinary {
     /// `sealed`: run a sealed copy rather than the file, through a symlink named like the
-    /// file in `link_dir` if given. Makes the copy now if it can.
+    /// file in `link_dir` if given. The copy is made at the first [`RuntimeBinary::current`].
     pub fn new(path: PathBuf, sealed: bool, link_dir: Option<&Path>) -> RuntimeBinary {
         let link = link_dir.map(|d| {
             d.join(
@@ -191,14 +191,12 @@ impl RuntimeBinary {
                     .unwrap_or_else(|| std::ffi::OsStr::new("runtime")),
             )
         });
-        let b = RuntimeBinary {
+        RuntimeBinary {
             path,
             sealed,
             link,
             state: Mutex::new(State::default()),
-        };
-        let _ = b.current();
-        b
+        }
     }
 
     /// The file on disk.
