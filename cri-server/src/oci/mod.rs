@@ -36,7 +36,8 @@ pub enum OciError {
 /// One OCI runtime binary with its state root.
 #[derive(Debug, Clone)]
 pub struct OciRuntime {
-    /// What to execute: the sealed copy (`/proc/<pid>/fd/<n>`) or the file itself.
+    /// What to execute: the sealed copy (its symlink in the state dir, or
+    /// `/proc/<pid>/fd/<n>`) or the file itself.
     pub binary: PathBuf,
     /// The file on disk: argv[0] and the name in messages.
     pub name: PathBuf,
@@ -58,7 +59,7 @@ pub struct ExecOutput {
 pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
 
 impl OciRuntime {
-    /// The runtime binary as `handler` resolves it now (its sealed copy if it has one).
+    /// The handler's binary as it is now (its sealed copy if it has one) with its `--root`.
     pub fn new(binary: &sealed::RuntimeBinary, root: PathBuf) -> OciRuntime {
         let sealed = binary.current();
         OciRuntime {
