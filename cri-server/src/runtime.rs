@@ -76,6 +76,10 @@ impl Paths {
     pub fn runtime_root(&self) -> PathBuf {
         self.state.join("runc")
     }
+    /// Symlinks to the sealed copies of the runtime binaries, one dir per handler.
+    pub fn runtime_bin(&self) -> PathBuf {
+        self.state.join("runtime-bin")
+    }
     pub fn cni_cache(&self) -> PathBuf {
         self.root.join("cni-cache")
     }
@@ -94,6 +98,8 @@ pub struct Runtime {
     pub images: Arc<ImageStore>,
     pub cni: Cni,
     pub handlers: HashMap<String, PathBuf>,
+    /// Each handler's binary, with its sealed copy (`runtime.sealed_copy`).
+    binaries: HashMap<String, crate::oci::sealed::RuntimeBinary>,
     pub default_handler: String,
     pub monitor_binary: PathBuf,
     /// `cri-exec` for ExecSync without the OCI runtime (`runtime.direct_exec`), when present.
@@ -154,7 +160,26 @@ impl Runtime {
             .handlers
             .iter()
             .map(|(k, v)| (k.clone(), resolve_binary(&v.path)))
+            .collect::<HashMap<_, _>>();
+        // Symlinks to the sealed copies; those of an earlier run point into its /proc.
+        let links = paths.runtime_bin();
+        let _ = std::fs::remove_dir_all(&links);
+        let binaries: HashMap<String, crate::oci::sealed::RuntimeBinary> = handlers
+            .iter()
+            .map(|(k, path)| {
+                let binary = crate::oci::sealed::RuntimeBinary::new(
+                    path.clone(),
+                    config.runtime.sealed_copy,
+                    Some(&links.join(k)),
+                );
+                (k.clone(), binary)
+            })
             .collect();
+        // The default handler's copy now, so that the first pod does not wait for it; the
+        // others' when a pod first uses them (a copy of runc holds ~9 MB of memory).
+        if let Some(b) = binaries.get(&config.runtime.default_handler) {
+            let _ = b.current();
+        }
         let monitor_binary = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("cri-monitor")))
@@ -183,6 +208,7 @@ impl Runtime {
             paths,
             images,
             handlers,
+            binaries,
             default_handler: config.runtime.default_handler.clone(),
             monitor_binary,
             exec_binary,
@@ -208,13 +234,13 @@ impl Runtime {
         } else {
             handler
         };
-        let binary = self.handlers.get(name).ok_or_else(|| {
+        let binary = self.binaries.get(name).ok_or_else(|| {
             RuntimeError::InvalidArgument(format!("unknown runtime handler {name:?}"))
         })?;
-        Ok(OciRuntime {
-            binary: binary.clone(),
-            root: self.paths.runtime_root().join(name),
-        })
+        Ok(OciRuntime::new(
+            binary,
+            self.paths.runtime_root().join(name),
+        ))
     }
 
     pub(crate) fn pod_lock(&self, pod_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -407,10 +433,11 @@ impl Runtime {
             }
         }
         for handler in self.handlers.keys() {
-            let Ok(oci) = self.oci(handler) else { continue };
-            if !oci.root.exists() {
+            // A handler no container ever used has no root (and needs no sealed copy).
+            if !self.paths.runtime_root().join(handler).exists() {
                 continue;
             }
+            let Ok(oci) = self.oci(handler) else { continue };
             for id in oci.list().await.unwrap_or_default() {
                 if !ctrs.contains(&id) {
                     let _ = oci.delete(&id).await;

@@ -79,6 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let image = ImageServiceImpl {
         images,
         metrics: metrics.clone(),
+        pulls: Default::default(),
     };
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;

@@ -12,6 +12,8 @@ use crate::sandbox::monitor;
 
 /// After SIGKILL, how long to wait for the monitor to record the exit.
 const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long [`Runtime::wait_exit`] polls every millisecond before it slows down.
+const TIGHT_POLL: Duration = Duration::from_millis(100);
 
 impl Runtime {
     /// The container's record with any exit the monitor recorded folded in (and saved).
@@ -155,7 +157,8 @@ impl Runtime {
     }
 
     async fn wait_exit(&self, id: &str, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
+        let start = tokio::time::Instant::now();
+        let deadline = start + within;
         loop {
             match self.refreshed(id) {
                 Some(r) if r.phase == ContainerPhase::Exited => return true,
@@ -165,8 +168,14 @@ impl Runtime {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            // The monitor records an exit within a few ms of it: poll tightly.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // The monitor records an exit within a millisecond or so of it (a SIGKILLed init
+            // is gone at once): poll every millisecond at first, then every 5.
+            let pause = if start.elapsed() < TIGHT_POLL {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(5)
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 

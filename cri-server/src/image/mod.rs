@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod hosts;
 mod pull;
+pub mod pull_runtime;
 pub mod reference;
 pub mod unpack;
 

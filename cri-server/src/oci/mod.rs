@@ -1,8 +1,11 @@
 //! Drives the OCI runtime binary (runc, crun): start, kill, delete, state, exec. `create` is the
 //! per-pod monitor's job, because the monitor must hold the container's stdio.
 
+pub mod sealed;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -33,8 +36,14 @@ pub enum OciError {
 /// One OCI runtime binary with its state root.
 #[derive(Debug, Clone)]
 pub struct OciRuntime {
+    /// What to execute: the sealed copy (its symlink in the state dir, or
+    /// `/proc/<pid>/fd/<n>`) or the file itself.
     pub binary: PathBuf,
+    /// The file on disk: argv[0] and the name in messages.
+    pub name: PathBuf,
     pub root: PathBuf,
+    /// Keeps the sealed copy `binary` names open while this value lives.
+    pub sealed: Option<Arc<sealed::SealedCopy>>,
 }
 
 /// What ExecSync returns.
@@ -50,9 +59,30 @@ pub struct ExecOutput {
 pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
 
 impl OciRuntime {
-    fn command(&self) -> Command {
+    /// The handler's binary as it is now (its sealed copy if it has one) with its `--root`.
+    pub fn new(binary: &sealed::RuntimeBinary, root: PathBuf) -> OciRuntime {
+        let sealed = binary.current();
+        OciRuntime {
+            binary: sealed
+                .as_ref()
+                .map(|s| s.exec_path().to_path_buf())
+                .unwrap_or_else(|| binary.path().to_path_buf()),
+            name: binary.path().to_path_buf(),
+            root,
+            sealed,
+        }
+    }
+
+    /// `<runtime> --root <root>`, argv[0] the file's path however it is run.
+    pub fn base_command(&self) -> Command {
         let mut c = Command::new(&self.binary);
+        c.arg0(&self.name);
         c.arg("--root").arg(&self.root);
+        c
+    }
+
+    fn command(&self) -> Command {
+        let mut c = self.base_command();
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -60,7 +90,7 @@ impl OciRuntime {
     }
 
     fn name(&self) -> String {
-        self.binary.display().to_string()
+        self.name.display().to_string()
     }
 
     async fn run(&self, verb: &'static str, id: &str, args: &[&str]) -> Result<Vec<u8>, OciError> {

@@ -14,11 +14,14 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::image_status;
+use crate::image::pull_runtime::PullRuntime;
 use crate::image::{ImageRecord, ImageStore, auth};
 
 pub struct ImageServiceImpl {
     pub images: Arc<ImageStore>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Pulls run there, off the RPC runtime (see [`PullRuntime`]).
+    pub pulls: PullRuntime,
 }
 
 fn image_name(spec: Option<&ImageSpec>) -> Result<&str, Status> {
@@ -68,7 +71,10 @@ impl ImageService for ImageServiceImpl {
         let images = self.images.clone();
         let name = name.to_string();
         let started = std::time::Instant::now();
-        let id = tokio::spawn(async move { images.pull(&name, cred).await })
+        let id = self
+            .pulls
+            .spawn(async move { images.pull(&name, cred).await })
+            .map_err(|e| Status::internal(format!("start the pull runtime: {e}")))?
             .await
             .map_err(|e| Status::internal(format!("pull task: {e}")))?
             .map_err(image_status)?;

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tracing::debug;
 
 use super::ExecParams;
@@ -68,10 +68,8 @@ impl ExecProcess {
         )
         .map_err(|e| format!("write {}: {e}", process_json.display()))?;
         let oci = rt.oci(&rec.runtime_handler).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&oci.binary);
-        cmd.arg("--root")
-            .arg(&oci.root)
-            .arg("exec")
+        let mut cmd = oci.base_command();
+        cmd.arg("exec")
             .arg("--process")
             .arg(&process_json)
             .arg("--pid-file")
@@ -97,7 +95,7 @@ impl ExecProcess {
             cmd.stdin(i).stdout(o).stderr(e);
             child = cmd
                 .spawn()
-                .map_err(|e| cleanup(format!("run {}: {e}", oci.binary.display())))?;
+                .map_err(|e| cleanup(format!("run {}: {e}", oci.name.display())))?;
             // Our copies of the slave go now: EOF on the master then means runc is gone.
             drop(cmd);
             drop(pty.slave);
@@ -121,7 +119,7 @@ impl ExecProcess {
                 .stderr(pipe(p.stderr));
             let mut c = cmd
                 .spawn()
-                .map_err(|e| cleanup(format!("run {}: {e}", oci.binary.display())))?;
+                .map_err(|e| cleanup(format!("run {}: {e}", oci.name.display())))?;
             stdin = c.stdin.take().map(|s| Box::new(s) as Writer);
             stdout = c.stdout.take().map(|s| Box::new(s) as Reader);
             stderr = c.stderr.take().map(|s| Box::new(s) as Reader);

@@ -82,17 +82,17 @@ fn oom_kill_count(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `<bundle>/exit.json` atomically: temp file, fsync, rename, fsync of the dir.
+/// Writes `<bundle>/exit.json` atomically (temp file, rename): readers see all of it or
+/// nothing. No fsync: the bundle is volatile state (like cri-server's pod and container
+/// records), and two disk flushes here would delay every StopContainer.
 pub fn write_exit_record(bundle: &Path, record: &ExitRecord) -> io::Result<()> {
     let tmp = bundle.join(".exit.json.tmp");
     let mut bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
     bytes.push(b'\n');
     let mut file = File::create(&tmp)?;
     file.write_all(&bytes)?;
-    file.sync_all()?;
     drop(file);
-    fs::rename(&tmp, bundle.join(EXIT_FILE_NAME))?;
-    File::open(bundle)?.sync_all()
+    fs::rename(&tmp, bundle.join(EXIT_FILE_NAME))
 }
 
 #[cfg(test)]
