@@ -40,6 +40,7 @@ impl Runtime {
             match direct(
                 exec,
                 rec.pid,
+                &rec.id,
                 &rec.bundle.join("config.json"),
                 &cmd,
                 timeout,
@@ -93,6 +94,7 @@ impl Runtime {
 async fn direct(
     exec: &Path,
     pid: u32,
+    id: &str,
     config: &Path,
     cmd: &[String],
     timeout: Option<Duration>,
@@ -102,6 +104,8 @@ async fn direct(
     command
         .arg("--pid")
         .arg(pid.to_string())
+        .arg("--id")
+        .arg(id)
         .arg("--config")
         .arg(config)
         .arg("--")

@@ -23,7 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cri-exec --pid PID --config CONFIG_JSON -- CMD [ARGS...]
+const USAGE: &str =
+    "usage: cri-exec --pid PID --id CONTAINER_ID --config CONFIG_JSON -- CMD [ARGS...]
        cri-exec --check CONFIG_JSON   (can the process of CONFIG_JSON be reproduced?)";
 
 /// fd 3, when the caller passed it: where setup failures are reported.
@@ -47,8 +48,21 @@ fn report(kind: char, msg: &str) {
 }
 
 fn main() -> ExitCode {
+    // fd 3 is the status pipe; without one, /dev/null holds the number so no file we open
+    // later lands on it.
+    // SAFETY: fcntl/open/dup2 on descriptor numbers only.
+    unsafe {
+        if libc::fcntl(STATUS_FD, libc::F_GETFD) < 0 {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            if null >= 0 && null != STATUS_FD {
+                libc::dup2(null, STATUS_FD);
+                libc::close(null);
+            }
+        }
+    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut pid: Option<i32> = None;
+    let mut id: Option<String> = None;
     let mut config: Option<PathBuf> = None;
     let mut i = 0;
     while i < args.len() {
@@ -60,6 +74,10 @@ fn main() -> ExitCode {
             }
             "--config" => {
                 config = args.get(i + 1).map(PathBuf::from);
+                i += 2;
+            }
+            "--id" => {
+                id = args.get(i + 1).map(|v| v.to_string_lossy().into_owned());
                 i += 2;
             }
             "--check" => {
@@ -80,11 +98,11 @@ fn main() -> ExitCode {
         }
     }
     let cmd: Vec<OsString> = args[i.min(args.len())..].to_vec();
-    let (Some(pid), Some(config), false) = (pid, config, cmd.is_empty()) else {
+    let (Some(pid), Some(id), Some(config), false) = (pid, id, config, cmd.is_empty()) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match run(pid, &config, &cmd) {
+    match run(pid, &id, &config, &cmd) {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
@@ -102,7 +120,44 @@ fn check(config: &Path) -> ExitCode {
     }
 }
 
-fn run(pid: i32, config: &Path, cmd: &[OsString]) -> Result<ExitCode, String> {
+/// The process `pid` names, pinned: a pidfd, once its cgroup shows it is container `id`'s.
+fn pin_init(pid: i32, id: &str) -> Result<OwnedFd, String> {
+    // SAFETY: pidfd_open returns a descriptor we then own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "container init {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: just returned by the kernel.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let ours = cgroups
+        .lines()
+        .filter_map(|l| l.rsplit(':').next())
+        .any(|path| path.rsplit('/').next() == Some(id));
+    if !ours {
+        return Err(format!("process {pid} is not container {id}'s init"));
+    }
+    Ok(fd)
+}
+
+/// Still the process `pin_init` checked (its pid was not reused meanwhile)?
+fn still_alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 through a pidfd we hold only checks that the process exists.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        ) == 0
+    }
+}
+
+fn run(pid: i32, id: &str, config: &Path, cmd: &[OsString]) -> Result<ExitCode, String> {
     // Nothing in the container may open /proc/<us>/exe or ptrace us while we are in it.
     // SAFETY: prctl on ourselves.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
@@ -113,8 +168,15 @@ fn run(pid: i32, config: &Path, cmd: &[OsString]) -> Result<ExitCode, String> {
         .map(|a| CString::new(a.as_bytes()).map_err(|_| "NUL in the command".to_string()))
         .collect::<Result<_, _>>()?;
     let program = find_program(&cmd[0]);
+    // A pid read from a record can be reused once the container exits: pin the process, check
+    // it is this container's, and check it is still the same one after reading its cgroups and
+    // opening its namespaces by pid.
+    let init = pin_init(pid, id)?;
     cgroup::join(pid)?;
     let namespaces = open_namespaces(pid)?;
+    if !still_alive(&init) {
+        return Err(format!("container {id} exited"));
+    }
     for (ns, fd) in &namespaces {
         // SAFETY: setns with a namespace fd we hold; single-threaded process.
         if unsafe { libc::setns(fd.as_raw_fd(), 0) } != 0 {
