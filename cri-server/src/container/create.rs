@@ -167,7 +167,17 @@ impl Runtime {
             .rev()
             .map(|l| self.images.layer_path(&l.chain_id))
             .collect();
-        let userns_pin = sb.pins.user.as_deref().filter(|_| sb.userns.is_some());
+        let userns_pin = match (&sb.userns, sb.pins.user.as_deref()) {
+            (None, _) => None,
+            (Some(_), Some(pin)) if crate::sandbox::namespaces::is_pinned(pin) => Some(pin),
+            // Never a host-users container in a pod that asked for its own user namespace.
+            (Some(_), _) => {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "pod sandbox {}'s user namespace is gone",
+                    sb.id
+                )));
+            }
+        };
         if let (Some(userns), Some(pin)) = (&sb.userns, userns_pin) {
             // Layers seen through the pod's mapping (image root is the container's root);
             // the upper dir belongs to the container's root, so its writes land as mapped ids.
