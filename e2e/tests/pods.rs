@@ -287,6 +287,17 @@ fn exec_sync_process_matches_the_container_init_in_identity_capabilities_seccomp
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
             let init_pid = pid_of(&cmdline(&format!("sleep {init}"))).expect("init pid");
+            // The same program (busybox sleep) in both: signal dispositions and mask match too
+            // (nothing ignored that the init does not ignore, SIGPIPE included).
+            let signals = |pid: i32| -> Vec<String> {
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.starts_with("SigIgn") || l.starts_with("SigBlk"))
+                    .map(str::to_string)
+                    .collect()
+            };
+            assert_eq!(signals(exec_pid), signals(init_pid), "{name}: signal state");
             let (a, b) = (seccomp_filter(init_pid), seccomp_filter(exec_pid));
             let is_ld_arch =
                 |i: &u64| i.to_ne_bytes()[..2] == 0x20u16.to_ne_bytes() && (i >> 32) as u32 == 4;

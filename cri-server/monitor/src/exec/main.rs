@@ -287,6 +287,19 @@ fn setup_child(p: &spec::Prepared) -> Result<(), String> {
             }
         };
     }
+    // Default signal dispositions and an empty mask, as a process runc starts gets (Rust
+    // ignores SIGPIPE in its own processes, and an ignored signal stays ignored across exec).
+    // SAFETY: resetting our own dispositions and mask.
+    unsafe {
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
     // Only 0-2 (and fd 3 until exec) stay open.
     // SAFETY: close_range on descriptors this process inherited.
     unsafe {
