@@ -168,6 +168,151 @@ pub fn bind_idmapped(
     attach(tree, target)
 }
 
+/// An overlay at `target` of `lower` (top first), with `upper_work` as its upper and work dirs
+/// or read-only without. Each layer is passed on its own (`lowerdir+`, kernel 6.8+), so the
+/// number of layers is not limited by the one-page option string of mount(2); older kernels
+/// get that string.
+pub fn mount_overlay(
+    target: &Path,
+    lower: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    readonly: bool,
+) -> std::io::Result<()> {
+    match mount_overlay_fsconfig(target, lower, upper_work, readonly) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOSYS) || e.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            mount_overlay_legacy(target, lower, upper_work, readonly)
+        }
+        other => other,
+    }
+}
+
+fn mount_overlay_legacy(
+    target: &Path,
+    lower: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    readonly: bool,
+) -> std::io::Result<()> {
+    let mut opts = format!(
+        "lowerdir={}",
+        lower
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    if let Some((upper, work)) = upper_work {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
+    }
+    let mut flags = nix::mount::MsFlags::empty();
+    if readonly {
+        flags |= nix::mount::MsFlags::MS_RDONLY
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOSUID;
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        Some(opts.as_str()),
+    )
+    .map_err(std::io::Error::from)
+}
+
+fn mount_overlay_fsconfig(
+    target: &Path,
+    lower: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    readonly: bool,
+) -> std::io::Result<()> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    // SAFETY: fsopen with a static name; the descriptor is owned below.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
+    if fs < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just returned by the kernel.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
+    let set = |key: &std::ffi::CStr, value: &Path| -> std::io::Result<()> {
+        let v = cpath(value)?;
+        // SAFETY: fsconfig on our fs context with NUL-terminated key and value.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    for l in lower {
+        set(c"lowerdir+", l)?;
+    }
+    if let Some((upper, work)) = upper_work {
+        set(c"upperdir", upper)?;
+        set(c"workdir", work)?;
+    }
+    // SAFETY: as above, creating the superblock.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        // The kernel's reason, when it left one in the context.
+        let mut buf = [0u8; 256];
+        // SAFETY: reading the fs context's message log into our buffer.
+        let n = unsafe { libc::read(fs.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let why = if n > 0 {
+            String::from_utf8_lossy(&buf[..n as usize])
+                .trim()
+                .to_string()
+        } else {
+            String::new()
+        };
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("overlay: {e} {why}").trim().to_string(),
+        ));
+    }
+    let attrs = if readonly {
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+    } else {
+        0
+    };
+    // SAFETY: fsmount of our configured context.
+    let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    if mnt < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just returned by the kernel.
+    let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
+    attach(mnt, target)
+}
+
 /// Resolves `sub` (relative) inside `root` as a process chrooted at `root` would: `..` and
 /// absolute symlinks stay inside. Returns the real host path, which must be a directory.
 pub fn resolve_in_root(root: &Path, sub: &str) -> std::io::Result<PathBuf> {
@@ -289,6 +434,46 @@ mod tests {
         unmount_all_under(&target).unwrap();
         assert!(!target.exists());
         umount2(&sub, MntFlags::MNT_DETACH).unwrap();
+    }
+
+    #[test]
+    fn overlays_take_more_layers_than_a_mount_option_page_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        // 80 layers with long names: about 12 KiB of lowerdir, three times a page.
+        let long = "l".repeat(120);
+        let lower: Vec<PathBuf> = (0..80)
+            .map(|i| {
+                let d = dir.path().join(format!("{long}-{i:03}"));
+                std::fs::create_dir(&d).unwrap();
+                std::fs::write(d.join(format!("f{i}")), i.to_string()).unwrap();
+                d
+            })
+            .collect();
+        let (upper, work, merged) = (
+            dir.path().join("upper"),
+            dir.path().join("work"),
+            dir.path().join("merged"),
+        );
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        mount_overlay(&merged, &lower, Some((&upper, &work)), false).unwrap();
+        assert_eq!(std::fs::read_to_string(merged.join("f0")).unwrap(), "0");
+        assert_eq!(std::fs::read_to_string(merged.join("f79")).unwrap(), "79");
+        std::fs::write(merged.join("new"), b"x").unwrap();
+        assert!(upper.join("new").exists());
+        unmount_all_under(&merged).unwrap();
+
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        mount_overlay(&ro, &lower, None, true).unwrap();
+        assert_eq!(
+            std::fs::write(ro.join("x"), b"x")
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EROFS)
+        );
+        unmount_all_under(&ro).unwrap();
     }
 
     #[test]

@@ -359,6 +359,69 @@ fn exec_sync_process_matches_the_container_init_in_identity_capabilities_seccomp
 }
 
 #[test]
+fn an_image_of_a_hundred_layers_runs_as_the_rootfs_and_as_an_image_volume() {
+    in_node(32, |mut n| async move {
+        use e2e::images::{self, Entry};
+        let mut layers = vec![
+            images::build_layer(
+                &images::busybox_base_entries().unwrap(),
+                images::Compression::Gzip,
+            )
+            .unwrap(),
+        ];
+        for i in 1..100 {
+            let mut entries = vec![Entry::dir("layers", 0o755)];
+            entries.push(Entry::file(
+                &format!("layers/{i:03}"),
+                0o644,
+                format!("{i}\n"),
+            ));
+            layers.push(images::build_layer(&entries, images::Compression::Gzip).unwrap());
+        }
+        let pusher = images::Pusher::for_registry(&n._registry).unwrap();
+        pusher
+            .push_image("test/tall", Some("v1"), &images::ImageSpec::new(layers))
+            .await
+            .unwrap();
+        let tall = format!("{}/test/tall:v1", pusher.addr());
+        n.c.image
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: tall.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull the 100-layer image");
+        let pod = n.run_pod("tall").await;
+        let mut c = n.container_config("app", &["sleep", "3600"]);
+        c.image = Some(ImageSpec {
+            image: tall.clone(),
+            ..Default::default()
+        });
+        c.mounts = vec![Mount {
+            container_path: "/vol".into(),
+            readonly: true,
+            image: Some(ImageSpec {
+                image: tall.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        let id = n.run_container_with(&pod, c).await;
+        let (code, out, err) = n
+            .sh(&id, "ls /layers; cat /layers/001 /vol/layers/099")
+            .await;
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 99 + 2, "{out}");
+        assert_eq!(&lines[99..], ["1", "99"]);
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
 fn stop_sends_the_signal_then_kills_and_remove_leaves_nothing_behind() {
     in_node(14, |mut n| async move {
         let pod = n.run_pod("stopper").await;

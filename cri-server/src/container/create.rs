@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
-use nix::mount::{MsFlags, mount};
 use tracing::{info, instrument, warn};
 
 use super::record::{ContainerPhase, ContainerRecord};
@@ -186,23 +185,7 @@ impl Runtime {
                 .map_err(internal("chown the rootfs upper dir"))?;
             lower = self.idmapped_layers(&rec.id, "rootfs-layers", &lower, pin)?;
         }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":"),
-            upper.display(),
-            work.display()
-        );
-        let mounted = mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        );
+        let mounted = crate::mountapi::mount_overlay(&rootfs, &lower, Some((&upper, &work)), false);
         if userns_pin.is_some() {
             let _ = crate::mountapi::unmount_all_under(
                 &self.paths.container_mnt(&rec.id).join("rootfs-layers"),

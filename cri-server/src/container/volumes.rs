@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{Mount, MountPropagation};
-use nix::mount::{MsFlags, mount};
 use serde::{Deserialize, Serialize};
 
 use super::record::ContainerRecord;
@@ -190,21 +189,7 @@ impl Runtime {
             .and_then(|()| std::fs::create_dir_all(target))
             .map_err(|e| RuntimeError::internal("create image volume dirs", e))?;
         lower.push(empty);
-        let opts = format!(
-            "lowerdir={}",
-            lower
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":")
-        );
-        let mounted = mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-            Some(opts.as_str()),
-        );
+        let mounted = mountapi::mount_overlay(target, &lower, None, true);
         if let Some(staged) = staged {
             let _ = mountapi::unmount_all_under(&staged);
         }
