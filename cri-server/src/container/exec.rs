@@ -89,16 +89,20 @@ impl Runtime {
     }
 }
 
-/// ExecSync through `cri-exec`. `Ok(None)`: it could not set the process up (it says why on
-/// its status pipe before running anything), so the caller uses the OCI runtime instead.
-async fn direct(
+/// Starts `cmd` in the container through `cri-exec` with the given stdio, and waits until it
+/// runs (its status pipe closes at the exec). `Ok(None)`: cri-exec could not set the process
+/// up and nothing ran (it says why on the pipe); the caller uses the OCI runtime instead.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn spawn_direct(
     exec: &Path,
     pid: u32,
     id: &str,
     config: &Path,
     cmd: &[String],
-    timeout: Option<Duration>,
-) -> std::io::Result<Option<ExecOutput>> {
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> std::io::Result<Option<tokio::process::Child>> {
     let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut command = tokio::process::Command::new(exec);
     command
@@ -110,9 +114,9 @@ async fn direct(
         .arg(config)
         .arg("--")
         .args(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
         .kill_on_drop(true);
     let w = status_w.as_raw_fd();
     // SAFETY: between fork and exec only dup2 (async-signal-safe) runs; it gives the status
@@ -127,13 +131,64 @@ async fn direct(
     }
     let mut child = command.spawn()?;
     drop(status_w);
+    let mut status_pipe = tokio::fs::File::from_std(std::fs::File::from(status_r));
+    let mut status = String::new();
+    let _ = status_pipe.read_to_string(&mut status).await;
+    if let Some(reason) = status.lines().find_map(|l| l.strip_prefix("E ")) {
+        let _ = child.wait().await;
+        warn!(
+            reason,
+            "cri-exec could not run the command: using the OCI runtime"
+        );
+        return Ok(None);
+    }
+    Ok(Some(child))
+}
+
+/// ExecSync through `cri-exec`; `Ok(None)` as for [`spawn_direct`].
+async fn direct(
+    exec: &Path,
+    pid: u32,
+    id: &str,
+    config: &Path,
+    cmd: &[String],
+    timeout: Option<Duration>,
+) -> std::io::Result<Option<ExecOutput>> {
+    let started = std::time::Instant::now();
+    let spawn = spawn_direct(
+        exec,
+        pid,
+        id,
+        config,
+        cmd,
+        Stdio::null(),
+        Stdio::piped(),
+        Stdio::piped(),
+    );
+    let spawned = match timeout {
+        Some(t) => match tokio::time::timeout(t, spawn).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Ok(Some(ExecOutput {
+                    exit_code: 137,
+                    timed_out: true,
+                    ..Default::default()
+                }));
+            }
+        },
+        None => spawn.await?,
+    };
+    let Some(mut child) = spawned else {
+        return Ok(None);
+    };
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let out_task = tokio::spawn(crate::oci::read_capped(stdout));
     let err_task = tokio::spawn(crate::oci::read_capped(stderr));
-    let mut status_pipe = tokio::fs::File::from_std(std::fs::File::from(status_r));
     let waited = match timeout {
-        Some(t) => tokio::time::timeout(t, child.wait()).await.ok(),
+        Some(t) => tokio::time::timeout(t.saturating_sub(started.elapsed()), child.wait())
+            .await
+            .ok(),
         None => Some(child.wait().await),
     };
     let (exit_code, timed_out) = match waited {
@@ -144,17 +199,6 @@ async fn direct(
             (137, true)
         }
     };
-    let mut status = String::new();
-    let _ = status_pipe.read_to_string(&mut status).await;
-    if let Some(reason) = status.lines().find_map(|l| l.strip_prefix("E ")) {
-        out_task.abort();
-        err_task.abort();
-        warn!(
-            reason,
-            "cri-exec could not run the command: using the OCI runtime"
-        );
-        return Ok(None);
-    }
     Ok(Some(ExecOutput {
         stdout: out_task.await.unwrap_or_default(),
         stderr: err_task.await.unwrap_or_default(),

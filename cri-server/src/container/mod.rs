@@ -3,7 +3,7 @@
 //! the OCI runtime.
 
 mod create;
-mod exec;
+pub(crate) mod exec;
 mod lifecycle;
 pub mod record;
 pub mod spec;

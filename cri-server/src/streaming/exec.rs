@@ -41,6 +41,45 @@ impl ExecProcess {
         if rec.phase != ContainerPhase::Running {
             return Err(format!("container {} is not running", rec.id));
         }
+        // Without a tty, through cri-exec as ExecSync (a tty needs the container's own pty,
+        // which runc makes).
+        if !p.tty
+            && let Some(exec) = &rt.exec_binary
+            && rec.pid > 0
+        {
+            let pipe = |wanted: bool| {
+                if wanted {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                }
+            };
+            let spawned = crate::container::exec::spawn_direct(
+                exec,
+                rec.pid,
+                &rec.id,
+                &rec.bundle.join("config.json"),
+                &p.cmd,
+                pipe(p.stdin),
+                pipe(p.stdout),
+                pipe(p.stderr),
+            )
+            .await
+            .map_err(|e| format!("run cri-exec: {e}"))?;
+            if let Some(mut c) = spawned {
+                debug!(container = %rec.id, cmd = ?p.cmd, "streamed exec started (cri-exec)");
+                return Ok(ExecProcess {
+                    stdin: c.stdin.take().map(|s| Box::new(s) as Writer),
+                    stdout: c.stdout.take().map(|s| Box::new(s) as Reader),
+                    stderr: c.stderr.take().map(|s| Box::new(s) as Reader),
+                    child: c,
+                    master: None,
+                    process_json: PathBuf::new(),
+                    pid_file: PathBuf::new(),
+                    exited: false,
+                });
+            }
+        }
         let spec: serde_json::Value = std::fs::read(rec.bundle.join("config.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -180,7 +219,9 @@ impl Drop for ExecProcess {
         if !self.exited {
             self.kill_now();
         }
-        let _ = std::fs::remove_file(&self.process_json);
-        let _ = std::fs::remove_file(&self.pid_file);
+        if !self.process_json.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.process_json);
+            let _ = std::fs::remove_file(&self.pid_file);
+        }
     }
 }
