@@ -583,6 +583,22 @@ fn image_volume_in_a_user_namespace_pod_shows_the_image_files_as_root() {
         let (code, out, err) = n.sh(&id, "stat -c %u /img/bin/busybox").await;
         assert_eq!(code, 0, "{err}");
         assert_eq!(out, "0");
+        // A bad sub path fails after the id-mapped layers were made: they go with the error.
+        let mut bad = n.container_config("bad", &["true"]);
+        bad.mounts = vec![Mount {
+            container_path: "/img".into(),
+            readonly: true,
+            image: Some(ImageSpec {
+                image: n.busybox.clone(),
+                ..Default::default()
+            }),
+            image_sub_path: "no/such/dir".into(),
+            ..Default::default()
+        }];
+        let before = mounts_under(&state_dir(&n).join("mnt")).len();
+        let err = n.create(&pod, bad).await.expect_err("bad sub path");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(mounts_under(&state_dir(&n).join("mnt")).len(), before);
         n.remove_pod(&pod.0).await;
         assert_nothing_left(&n);
     });
