@@ -40,8 +40,13 @@ impl HostFeatures {
 
 /// Runs `f` in a fresh scratch dir under `parent`, removed (and unmounted) afterwards.
 fn probe_in(parent: &Path, f: fn(&Path) -> Result<(), String>) -> Result<(), String> {
+    // A daemon killed mid-probe leaves its scratch dir (and maybe mounts): clear them all.
+    for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".probe-") {
+            let _ = mountapi::unmount_all_under(&e.path());
+        }
+    }
     let path = parent.join(format!(".probe-{}", std::process::id()));
-    let _ = mountapi::unmount_all_under(&path);
     std::fs::create_dir_all(&path).map_err(|e| format!("scratch dir {}: {e}", path.display()))?;
     let result = f(&path);
     if let Err(e) = mountapi::unmount_all_under(&path) {
