@@ -42,17 +42,15 @@ impl Server {
             cmd.env("FLEXVOLUME_DRIVER_FAULT", f);
         }
         let child = cmd.spawn().unwrap();
+        // Listening, not just bound: the file exists a moment before connect() is accepted.
+        let listening = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
         for _ in 0..500 {
-            if socket.exists() {
+            if listening() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(
-            socket.exists(),
-            "server did not listen on {}",
-            socket.display()
-        );
+        assert!(listening(), "server did not listen on {}", socket.display());
         Server { child, socket }
     }
 
