@@ -340,6 +340,20 @@ fn invalid_user_namespace_requests_are_refused_and_leave_nothing() {
             .await
             .expect_err("mismatched user namespace");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        // A volume whose filesystem cannot be id-mapped (sysfs) fails clearly, leaving nothing.
+        let mut c = n.container_config("sysfs", &["true"]);
+        c.mounts = vec![Mount {
+            container_path: "/host-sys".into(),
+            host_path: "/sys/kernel".into(),
+            readonly: true,
+            ..Default::default()
+        }];
+        let err = n
+            .create(&pod, c)
+            .await
+            .expect_err("sysfs cannot be id-mapped");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("id-mapped"), "{err:?}");
         n.remove_pod(&pod.0).await;
         assert_nothing_left(&n);
     });
