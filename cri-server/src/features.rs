@@ -100,19 +100,12 @@ fn probe_userns(dir: &Path) -> Result<(), String> {
         .map_err(e("id-mapped mount"))?;
     mountapi::bind_idmapped(&dir.join("empty"), &dir.join("l1"), &ns, false, true)
         .map_err(e("id-mapped mount"))?;
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        dir.join("l0").display(),
-        dir.join("l1").display(),
-        dir.join("upper").display(),
-        dir.join("work").display()
-    );
-    mount(
-        Some("overlay"),
+    // The same call CreateContainer makes for a rootfs.
+    mountapi::mount_overlay(
         &dir.join("merged"),
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
+        &[dir.join("l0"), dir.join("l1")],
+        Some((&dir.join("upper"), &dir.join("work"))),
+        false,
     )
     .map_err(|err| format!("overlay over id-mapped layers: {err}"))?;
     use std::os::unix::fs::MetadataExt;

@@ -584,13 +584,18 @@ pub fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-pub fn processes_mentioning(needle: &str) -> usize {
+/// Host pids of the processes whose raw command line (NUL-separated) satisfies `matches`.
+pub fn pids_where(matches: impl Fn(&[u8]) -> bool) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| {
-            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
-                .contains(needle)
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            matches(&std::fs::read(e.path().join("cmdline")).ok()?).then_some(pid)
         })
-        .count()
+        .collect()
+}
+
+pub fn processes_mentioning(needle: &str) -> usize {
+    pids_where(|c| String::from_utf8_lossy(c).contains(needle)).len()
 }

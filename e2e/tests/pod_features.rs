@@ -76,13 +76,11 @@ fn assert_nothing_left(n: &Node) {
 }
 
 fn uid_of_process(marker: &str) -> u32 {
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
-            return e.path().metadata().unwrap().uid();
-        }
-    }
-    panic!("no process with {marker:?}");
+    let pids = pids_where(|c| String::from_utf8_lossy(c).contains(marker));
+    let pid = pids
+        .first()
+        .unwrap_or_else(|| panic!("no process with {marker:?}"));
+    std::fs::metadata(format!("/proc/{pid}")).unwrap().uid()
 }
 
 #[test]

@@ -156,10 +156,7 @@ fn exec_sync_returns_both_streams_and_exit_code_and_kills_at_timeout() {
 
 /// The host pid of the process whose command line is exactly `cmdline` (NUL-separated).
 fn pid_of(cmdline: &[u8]) -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        (std::fs::read(e.path().join("cmdline")).ok()? == cmdline).then_some(pid)
-    })
+    pids_where(|c| c == cmdline).first().copied()
 }
 
 /// A process's seccomp filter (classic BPF, 8 bytes an instruction), read with ptrace.

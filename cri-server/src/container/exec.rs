@@ -178,31 +178,10 @@ async fn direct(
         },
         None => spawn.await?,
     };
-    let Some(mut child) = spawned else {
+    let Some(child) = spawned else {
         return Ok(None);
     };
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let out_task = tokio::spawn(crate::oci::read_capped(stdout));
-    let err_task = tokio::spawn(crate::oci::read_capped(stderr));
-    let waited = match timeout {
-        Some(t) => tokio::time::timeout(t.saturating_sub(started.elapsed()), child.wait())
-            .await
-            .ok(),
-        None => Some(child.wait().await),
-    };
-    let (exit_code, timed_out) = match waited {
-        Some(status) => (status?.code().unwrap_or(255), false),
-        None => {
-            // The command dies with cri-exec (parent-death signal).
-            let _ = child.kill().await;
-            (137, true)
-        }
-    };
-    Ok(Some(ExecOutput {
-        stdout: out_task.await.unwrap_or_default(),
-        stderr: err_task.await.unwrap_or_default(),
-        exit_code,
-        timed_out,
-    }))
+    // The command dies with cri-exec (parent-death signal): killing it is enough.
+    let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
+    crate::oci::collect(child, left, || {}).await.map(Some)
 }

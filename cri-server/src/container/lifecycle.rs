@@ -210,8 +210,16 @@ impl Runtime {
         }
         let _ = std::fs::remove_dir_all(&rec.bundle);
         let _ = std::fs::remove_dir_all(&rec.data_dir);
-        if let Err(e) = self.images.release_container(&rec.id).await {
-            warn!(container = %rec.id, error = %e, "releasing image layers");
+        // The rootfs lease and one per image volume: named from the record, no lease dir scan.
+        let holders = std::iter::once(rec.id.clone()).chain(
+            rec.volume_images
+                .iter()
+                .map(|v| super::volumes::lease_holder(&rec.id, v.index)),
+        );
+        for holder in holders {
+            if let Err(e) = self.images.release(&holder).await {
+                warn!(container = %rec.id, error = %e, "releasing image layers");
+            }
         }
         self.drop_container_record(&rec.id);
         self.emit(

@@ -32,6 +32,11 @@ pub struct VolumeImage {
     pub image_ref: String,
 }
 
+/// The image store lease holder for the image volume at mount `index` of a container.
+pub(crate) fn lease_holder(container_id: &str, index: usize) -> String {
+    format!("{container_id}.vol{index}")
+}
+
 fn is_image(m: &Mount) -> bool {
     m.image.as_ref().is_some_and(|i| !i.image.is_empty())
 }
@@ -119,16 +124,11 @@ fn create_target(target: &Path, like: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The host path as the spec builder resolves it (symlinks followed, missing refused).
 fn resolve_host_path(m: &Mount) -> Result<PathBuf, RuntimeError> {
-    std::fs::canonicalize(&m.host_path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            RuntimeError::InvalidArgument(format!(
-                "mount host path {:?} does not exist",
-                m.host_path
-            ))
-        } else {
-            RuntimeError::internal(format!("resolve mount host path {:?}", m.host_path), e)
-        }
+    super::spec::resolve_source(&m.host_path).map_err(|e| match e {
+        super::spec::SpecError::InvalidArgument(msg) => RuntimeError::InvalidArgument(msg),
+        other => RuntimeError::internal("resolve mount host path", other),
     })
 }
 
@@ -219,9 +219,19 @@ impl Runtime {
                     ))
                 })?;
                 self.images
-                    .lease_volume(&format!("{}.vol{i}", rec.id), &image.id)
+                    .lease_volume(&lease_holder(&rec.id, i), &image.id)
                     .await
                     .map_err(|e| RuntimeError::internal("hold image volume", e))?;
+                // Recorded as soon as leased: a failure below still releases the lease.
+                rec.volume_images.push(VolumeImage {
+                    index: i,
+                    image_id: image.id.clone(),
+                    image_ref: image
+                        .repo_digests
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| image.id.clone()),
+                });
                 let root = mnt.join(format!("img{i}"));
                 self.mount_image(&rec.id, &format!("img{i}"), &image, &root, userns)?;
                 let source = if m.image_sub_path.is_empty() {
@@ -239,15 +249,6 @@ impl Runtime {
                         ))
                     })?
                 };
-                rec.volume_images.push(VolumeImage {
-                    index: i,
-                    image_id: image.id.clone(),
-                    image_ref: image
-                        .repo_digests
-                        .first()
-                        .cloned()
-                        .unwrap_or_else(|| image.id.clone()),
-                });
                 out.push(Mount {
                     container_path: m.container_path.clone(),
                     host_path: source.display().to_string(),

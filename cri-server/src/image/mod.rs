@@ -290,17 +290,6 @@ impl ImageStore {
             .collect()
     }
 
-    /// Releases every lease of a container: its rootfs and its image volumes.
-    pub async fn release_container(&self, container_id: &str) -> Result<(), ImageError> {
-        let prefix = format!("{container_id}.");
-        for holder in self.lease_holders() {
-            if holder == container_id || holder.starts_with(&prefix) {
-                self.release(&holder).await?;
-            }
-        }
-        Ok(())
-    }
-
     fn lease_locked(&self, holder: &str, image_id: &str) -> Result<(), ImageError> {
         let rec = self
             .find(image_id)

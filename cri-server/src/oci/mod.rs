@@ -183,7 +183,7 @@ impl OciRuntime {
         pid_file: &Path,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, OciError> {
-        let mut child = self
+        let child = self
             .command()
             .arg("exec")
             .arg("--process")
@@ -197,48 +197,58 @@ impl OciRuntime {
                 runtime: self.name(),
                 source,
             })?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let out_task = tokio::spawn(read_capped(stdout));
-        let err_task = tokio::spawn(read_capped(stderr));
-        let waited = match timeout {
-            Some(t) => tokio::time::timeout(t, child.wait()).await.ok(),
-            None => Some(child.wait().await),
-        };
-        let (exit_code, timed_out) = match waited {
-            Some(Ok(status)) => (status.code().unwrap_or(255), false),
-            Some(Err(source)) => {
-                return Err(OciError::Spawn {
-                    runtime: self.name(),
-                    source,
-                });
+        let pid_file = pid_file.to_path_buf();
+        collect(child, timeout, move || {
+            // Kill the process inside the container; the runtime's exec goes next.
+            if let Ok(pid) = std::fs::read_to_string(&pid_file)
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
-            None => {
-                // Kill the process inside the container, then the runtime's exec.
-                if let Ok(pid) = std::fs::read_to_string(pid_file)
-                    && let Ok(pid) = pid.trim().parse::<i32>()
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                let _ = child.kill().await;
-                (137, true)
-            }
-        };
-        let stdout = out_task.await.unwrap_or_default();
-        let stderr = err_task.await.unwrap_or_default();
-        Ok(ExecOutput {
-            stdout,
-            stderr,
-            exit_code,
-            timed_out,
+        })
+        .await
+        .map_err(|source| OciError::Spawn {
+            runtime: self.name(),
+            source,
         })
     }
 }
 
-pub(crate) async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
+/// An exec's result: both streams read (capped) while waiting for `child` up to `timeout`.
+/// At the timeout `on_timeout` runs, then the child is killed; the exit code is then 137.
+pub(crate) async fn collect(
+    mut child: tokio::process::Child,
+    timeout: Option<Duration>,
+    on_timeout: impl FnOnce(),
+) -> std::io::Result<ExecOutput> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let out_task = tokio::spawn(read_capped(stdout));
+    let err_task = tokio::spawn(read_capped(stderr));
+    let waited = match timeout {
+        Some(t) => tokio::time::timeout(t, child.wait()).await.ok(),
+        None => Some(child.wait().await),
+    };
+    let (exit_code, timed_out) = match waited {
+        Some(status) => (status?.code().unwrap_or(255), false),
+        None => {
+            on_timeout();
+            let _ = child.kill().await;
+            (137, true)
+        }
+    };
+    Ok(ExecOutput {
+        stdout: out_task.await.unwrap_or_default(),
+        stderr: err_task.await.unwrap_or_default(),
+        exit_code,
+        timed_out,
+    })
+}
+
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -27,8 +27,9 @@ pub(crate) struct ExecProcess {
     pub stderr: Option<Reader>,
     /// The pty master, for resizes.
     master: Option<OwnedFd>,
-    process_json: PathBuf,
-    pid_file: PathBuf,
+    /// The OCI runtime's process JSON and pid file (None through cri-exec, whose command dies
+    /// with it).
+    runtime_files: Option<(PathBuf, PathBuf)>,
     exited: bool,
 }
 
@@ -74,8 +75,7 @@ impl ExecProcess {
                     stderr: c.stderr.take().map(|s| Box::new(s) as Reader),
                     child: c,
                     master: None,
-                    process_json: PathBuf::new(),
-                    pid_file: PathBuf::new(),
+                    runtime_files: None,
                     exited: false,
                 });
             }
@@ -171,8 +171,7 @@ impl ExecProcess {
             stdout,
             stderr,
             master,
-            process_json,
-            pid_file,
+            runtime_files: Some((process_json, pid_file)),
             exited: false,
         })
     }
@@ -203,7 +202,8 @@ impl ExecProcess {
     }
 
     fn kill_now(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.pid_file)
+        if let Some((_, pid_file)) = &self.runtime_files
+            && let Ok(pid) = std::fs::read_to_string(pid_file)
             && let Ok(pid) = pid.trim().parse::<i32>()
             && pid > 1
         {
@@ -219,9 +219,9 @@ impl Drop for ExecProcess {
         if !self.exited {
             self.kill_now();
         }
-        if !self.process_json.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.process_json);
-            let _ = std::fs::remove_file(&self.pid_file);
+        if let Some((process_json, pid_file)) = &self.runtime_files {
+            let _ = std::fs::remove_file(process_json);
+            let _ = std::fs::remove_file(pid_file);
         }
     }
 }

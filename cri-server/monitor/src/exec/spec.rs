@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::caps::{self, Sets};
 use super::seccomp::{self, Filter, Profile};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct Spec {
     #[serde(default)]
     pub process: Process,

@@ -29,6 +29,7 @@ use oci_spec::runtime::{
 };
 use tracing::debug;
 
+pub(crate) use mounts::resolve_source;
 pub use user::resolve_user;
 
 /// The OCI resources for an UpdateContainerResources request, mapped exactly as at create.

@@ -239,7 +239,7 @@ fn locked_flags(source: &Path) -> Vec<&'static str> {
 
 /// The host path with symlinks resolved; a missing one is the caller's error (the CRI says
 /// runtimes should report it; containerd creates it, CRI-O refuses).
-fn resolve_source(host_path: &str) -> Result<PathBuf, SpecError> {
+pub(crate) fn resolve_source(host_path: &str) -> Result<PathBuf, SpecError> {
     match std::fs::canonicalize(host_path) {
         Ok(p) => Ok(p),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SpecError::invalid(format!(
@@ -296,7 +296,7 @@ fn mount_of<'a>(path: &Path, mountinfo: &'a str) -> Option<(PathBuf, Vec<&'a str
         if fields.len() < 7 {
             continue;
         }
-        let mp = PathBuf::from(unescape(fields[4]));
+        let mp = PathBuf::from(crate::mountapi::unescape(fields[4]));
         if !path.starts_with(&mp) {
             continue;
         }
@@ -313,26 +313,6 @@ fn mount_of<'a>(path: &Path, mountinfo: &'a str) -> Option<(PathBuf, Vec<&'a str
         }
     }
     best
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Go's `filepath.Clean` for absolute paths: no `.`, `..`, doubled or trailing slashes.
