@@ -60,13 +60,8 @@ impl Runtime {
             }
         }
         // The exec'd process gets the container's own process settings with other args.
-        let spec: serde_json::Value = std::fs::read(rec.bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        let process = exec_process(&rec.bundle, &cmd, false)
             .ok_or_else(|| RuntimeError::internal("read container spec", rec.bundle.display()))?;
-        let mut process = spec["process"].clone();
-        process["args"] = serde_json::json!(cmd);
-        process["terminal"] = serde_json::json!(false);
         let tag = &new_id()[..12];
         let process_path = rec.bundle.join(format!("exec-{tag}.json"));
         let pid_path = rec.bundle.join(format!("exec-{tag}.pid"));
@@ -87,6 +82,28 @@ impl Runtime {
         }
         Ok(out)
     }
+}
+
+/// The process an OCI runtime's exec runs: the container's own process from its bundle's
+/// config.json with `cmd` as args (and TERM set for a tty, as containerd does). None when the
+/// spec cannot be read.
+pub(crate) fn exec_process(bundle: &Path, cmd: &[String], tty: bool) -> Option<serde_json::Value> {
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    let mut process = spec["process"].clone();
+    process["args"] = serde_json::json!(cmd);
+    process["terminal"] = serde_json::json!(tty);
+    if tty {
+        let mut env = process["env"].as_array().cloned().unwrap_or_default();
+        if !env
+            .iter()
+            .any(|e| e.as_str().is_some_and(|s| s.starts_with("TERM=")))
+        {
+            env.push("TERM=xterm".into());
+            process["env"] = env.into();
+        }
+    }
+    Some(process)
 }
 
 /// Starts `cmd` in the container through `cri-exec` with the given stdio, and waits until it

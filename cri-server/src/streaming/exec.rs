@@ -80,24 +80,8 @@ impl ExecProcess {
                 });
             }
         }
-        let spec: serde_json::Value = std::fs::read(rec.bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        let process = crate::container::exec::exec_process(&rec.bundle, &p.cmd, p.tty)
             .ok_or_else(|| format!("read the spec of container {}", rec.id))?;
-        let mut process = spec["process"].clone();
-        process["args"] = serde_json::json!(p.cmd);
-        process["terminal"] = serde_json::json!(p.tty);
-        if p.tty {
-            let env = process["env"].as_array().cloned().unwrap_or_default();
-            if !env
-                .iter()
-                .any(|e| e.as_str().is_some_and(|s| s.starts_with("TERM=")))
-            {
-                let mut env = env;
-                env.push("TERM=xterm".into());
-                process["env"] = env.into();
-            }
-        }
         let tag = &new_id()[..12];
         let process_json = rec.bundle.join(format!("stream-exec-{tag}.json"));
         let pid_file = rec.bundle.join(format!("stream-exec-{tag}.pid"));
