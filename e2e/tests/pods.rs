@@ -419,6 +419,62 @@ fn an_image_of_a_hundred_layers_runs_as_the_rootfs_and_as_an_image_volume() {
 }
 
 #[test]
+fn exec_sync_through_the_oci_runtime_when_direct_exec_is_off() {
+    in_node_opts(
+        NodeOptions {
+            subnet: 33,
+            extra_config: "[runtime]\ndirect_exec = false\n".into(),
+            ..Default::default()
+        },
+        |mut n| async move {
+            let pod = n.run_pod("viarunc").await;
+            let id = n.run_container(&pod, "main", &["sleep", "3600"]).await;
+            let r = n
+                .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 5"], 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
+                (5, &b"out\n"[..], &b"err\n"[..])
+            );
+            // While an exec runs, the OCI runtime's `exec` is what runs it, not cri-exec.
+            let pending = {
+                let mut rt = n.c.runtime.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    rt.exec_sync(ExecSyncRequest {
+                        container_id: id,
+                        cmd: vec!["sleep".into(), "31".into()],
+                        timeout: 3,
+                    })
+                    .await
+                })
+            };
+            let has = |needles: &[&str]| {
+                !pids_where(|c| {
+                    let c = String::from_utf8_lossy(c);
+                    needles.iter().all(|n| c.contains(n))
+                })
+                .is_empty()
+            };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !has(&["exec\0--process\0"]) {
+                assert!(Instant::now() < deadline, "no runtime exec seen");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                !has(&["cri-exec\0", &id]),
+                "cri-exec ran although direct_exec is off"
+            );
+            let err = pending.await.unwrap().unwrap_err();
+            assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+            n.wait_ps(&id, "sleep 31", false).await;
+            n.remove_pod(&pod.0).await;
+        },
+    );
+}
+
+#[test]
 fn stop_sends_the_signal_then_kills_and_remove_leaves_nothing_behind() {
     in_node(14, |mut n| async move {
         let pod = n.run_pod("stopper").await;
