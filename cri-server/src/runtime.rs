@@ -351,6 +351,14 @@ impl Runtime {
             warn!(container = %c.id, "container creation was cut short by a crash: cleaning up");
             self.destroy_container(c).await;
         }
+        for c in ctrs.iter().filter(|c| {
+            c.phase == crate::container::ContainerPhase::Created
+                && !c.runtime_deferred
+                && c.pid == 0
+        }) {
+            warn!(container = %c.id, "container start was cut short by a crash: stopping it");
+            self.abort_start(c.clone()).await;
+        }
         for p in pods.iter().filter(|p| p.phase == Phase::Creating) {
             warn!(pod = %p.id, "pod creation was cut short by a crash: cleaning up");
             self.destroy_sandbox(p).await;
@@ -377,6 +385,28 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// A crash came between asking the runtime to run a container and recording its pid: the
+    /// runtime's container (running or not) is deleted, and the container reports a failed
+    /// start, as if the runtime had refused it.
+    async fn abort_start(&self, mut rec: ContainerRecord) {
+        if let Ok(oci) = self.oci(&rec.runtime_handler)
+            && let Err(e) = oci.delete(&rec.id).await
+        {
+            warn!(container = %rec.id, error = %e, "OCI runtime delete failed");
+        }
+        if let Some(sb) = self.sandbox(&rec.sandbox_id) {
+            crate::sandbox::monitor::forget(&sb.dir, &rec.id).await;
+        }
+        rec.phase = crate::container::ContainerPhase::Exited;
+        rec.exit_code = 128;
+        rec.finished_at = now_nanos();
+        rec.reason = "StartError".into();
+        rec.message = "cri-server stopped while the container was being started".into();
+        if let Err(e) = self.save_container(&rec) {
+            warn!(container = %rec.id, error = %e, "saving the container record");
+        }
+    }
+
     /// Removes what no record explains: namespace pins, CNI attachments, pod dirs with their
     /// monitors and shm, runtime containers, bundles with their rootfs mounts, container data
     /// and image leases. A crash between making a thing and recording it leaves exactly these.

@@ -886,7 +886,7 @@ fn crash_inside_create_container_leaves_nothing_after_restart() {
         for point in [
             "container-after-rootfs",
             "container-after-volumes",
-            "container-after-runtime-create",
+            "container-after-bundle",
         ] {
             n.server.env = vec![("CRI_SERVER_FAILPOINT".into(), point.into())];
             n.server.stop_with(Signal::SIGTERM).unwrap();
@@ -1366,10 +1366,17 @@ fn runtime_handler_crun_runs_its_pods_containers_with_crun() {
                 .into_inner();
         assert_eq!(status.status.unwrap().runtime_handler, "crun");
         let cfg = n.container_config("c", &["sleep", "3600"]);
-        match n.create(&pod, cfg).await {
-            Ok(cid) => {
+        // The runtime first runs at StartContainer (`crun run --detach`).
+        let cid = n.create(&pod, cfg).await.expect("CreateContainer");
+        let started =
+            n.c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await;
+        match started {
+            Ok(_) => {
                 // A cgroup v2 host: crun runs it.
-                n.start(&cid).await;
                 assert_eq!(n.sh(&cid, "echo ok").await.1, "ok");
                 let crun_root = n.server.dir.path().join("state/runc/crun");
                 let out = std::process::Command::new("crun")
@@ -1390,6 +1397,9 @@ fn runtime_handler_crun_runs_its_pods_containers_with_crun() {
                     e.message().contains("crun") && e.message().contains("hybrid"),
                     "{e:?}"
                 );
+                let st = n.status(&cid).await;
+                assert_eq!(st.state, ContainerState::ContainerExited as i32);
+                assert_eq!(st.reason, "StartError");
             }
         }
         n.remove_pod(&pod.0).await;
@@ -1569,6 +1579,181 @@ fn update_container_resources_changes_the_cgroup() {
                 .await
                 .unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
+
+        // Between create and start (where the kubelet's CPU manager sets cpusets) the update
+        // lands in what the container starts with.
+        let early = n
+            .create(&pod, n.container_config("early", &["sleep", "3600"]))
+            .await
+            .unwrap();
+        n.c.runtime
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: early.clone(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 96 << 20,
+                    cpu_quota: 30_000,
+                    cpu_period: 100_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("UpdateContainerResources before start");
+        n.start(&early).await;
+        let cg_of = |id: &str, ctrl: &str, file: &str| -> String {
+            std::fs::read_to_string(
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(ctrl)
+                    .join(n.cgroup_parent.trim_start_matches('/'))
+                    .join(id)
+                    .join(file),
+            )
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+        };
+        assert_eq!(cg_of(&early, mem_ctrl, mem), (96u64 << 20).to_string());
+        assert!(
+            cg_of(&early, quota.0, quota.1).starts_with("30000"),
+            "{}",
+            cg_of(&early, quota.0, quota.1)
+        );
+        n.remove_pod(&pod.0).await;
+    });
+}
+
+#[test]
+fn a_created_container_runs_nothing_until_started_and_stopping_it_leaves_it_created() {
+    in_node(34, |mut n| async move {
+        let pod = n.run_pod("deferred").await;
+        let id = n
+            .create(&pod, n.container_config("later", &["sleep", "3600"]))
+            .await
+            .unwrap();
+        let state = n.server.dir.path().join("state");
+        let runc_list = || {
+            let out = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(state.join("runc/runc"))
+                .args(["list", "-q"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        // Nothing is made in the runtime before StartContainer.
+        assert_eq!(runc_list(), "");
+        assert_eq!(
+            n.status(&id).await.state,
+            ContainerState::ContainerCreated as i32
+        );
+        // No process to stop: it stays created, as with containerd, and starts afterwards.
+        n.c.runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .expect("StopContainer");
+        assert_eq!(
+            n.status(&id).await.state,
+            ContainerState::ContainerCreated as i32
+        );
+        n.start(&id).await;
+        assert_eq!(runc_list(), id);
+        let st = n.status(&id).await;
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+        assert!(st.started_at >= st.created_at);
+
+        // Once the pod is stopped, a created container can no longer start.
+        let other = n
+            .create(&pod, n.container_config("never", &["sleep", "3600"]))
+            .await
+            .unwrap();
+        n.c.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.0.clone(),
+            })
+            .await
+            .expect("StopPodSandbox");
+        let err =
+            n.c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: other.clone(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+        assert_eq!(
+            n.status(&other).await.state,
+            ContainerState::ContainerCreated as i32
+        );
+        n.remove_pod(&pod.0).await;
+        assert_eq!(runc_list(), "");
+    });
+}
+
+#[test]
+fn crash_inside_start_container_reports_a_start_error_and_leaves_no_process() {
+    in_node(35, |mut n| async move {
+        let pod = n.run_pod("crashs").await;
+        let id = n
+            .create(&pod, n.container_config("victim", &["sleep", "3600"]))
+            .await
+            .unwrap();
+        n.server.env = vec![(
+            "CRI_SERVER_FAILPOINT".into(),
+            "container-after-runtime-run".into(),
+        )];
+        n.server.stop_with(Signal::SIGTERM).unwrap();
+        n.server.spawn().unwrap();
+        n.c = n.server.clients().await.unwrap();
+        let died =
+            n.c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await;
+        assert!(died.is_err(), "the daemon died mid-call");
+        assert!(!n.server.wait_exit().unwrap().success());
+        n.server.env.clear();
+        n.server.spawn().unwrap();
+        n.c = n.server.clients().await.unwrap();
+
+        let st = n.status(&id).await;
+        assert_eq!(st.state, ContainerState::ContainerExited as i32);
+        assert_eq!(st.reason, "StartError");
+        let state = n.server.dir.path().join("state");
+        let runc = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(state.join("runc/runc"))
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&runc.stdout).trim(), "");
+        let procs = std::path::Path::new("/sys/fs/cgroup/pids")
+            .join(n.cgroup_parent.trim_start_matches('/'))
+            .join(&id)
+            .join("cgroup.procs");
+        assert_eq!(
+            std::fs::read_to_string(&procs).unwrap_or_default().trim(),
+            "",
+            "the started process is gone"
+        );
+        n.c.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("RemoveContainer");
+        assert_eq!(count(&state.join("bundles")), 0);
+        // The pod goes on.
+        let next = n.run_container(&pod, "next", &["true"]).await;
+        assert_eq!(
+            n.wait_exited(&next, Duration::from_secs(20))
+                .await
+                .exit_code,
+            0
+        );
         n.remove_pod(&pod.0).await;
     });
 }

@@ -63,6 +63,10 @@ pub struct CreateRequest {
     /// Memory cgroup dir of the container, read at exit to tell an OOM kill.
     #[serde(default)]
     pub cgroup_memory_dir: Option<PathBuf>,
+    /// Create and start in one runtime process (`<runtime> run --detach`) rather than only
+    /// create (`<runtime> create`, started later with `<runtime> start`).
+    #[serde(default)]
+    pub start: bool,
 }
 
 /// One response line. Fields other than `ok` are present only where they apply.

@@ -57,6 +57,42 @@ fn exit_code_and_output_lines_are_recorded() {
 }
 
 #[test]
+fn run_detached_starts_at_once_and_records_an_exit_that_beats_the_runtime() {
+    let pod = Pod::start("rundetach");
+    // Exits at once: often before `runc run --detach` itself has returned, so before the
+    // monitor knows the init's pid.
+    let bundle = pod.bundle("c", &["sh", "-c", "echo up; exit 7"], &Spec::default());
+    let mut request = pod.request("c", &bundle, &Spec::default());
+    request.start = true;
+    let pid = pod.create(request).expect("run container");
+    assert!(pid > 0);
+    let exit = pod.wait_exit(&bundle);
+    assert_eq!(exit.exit_code, 7);
+    let lines = read_log(&pod.log_path("c"));
+    assert_eq!(contents(&lines), [("stdout", "F", "up")]);
+
+    // A long-running one is running when the answer comes, without `runc start`.
+    let bundle = pod.bundle("d", &["sleep", "1000"], &Spec::default());
+    let mut request = pod.request("d", &bundle, &Spec::default());
+    request.start = true;
+    let pid = pod.create(request).expect("run container");
+    let state = pod.runc(&["state", &pod.cid("d")]);
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    assert_eq!(state["status"], "running");
+    assert_eq!(state["pid"], pid);
+
+    // A failing run answers with the runtime's error and leaves no runtime container.
+    let bundle = pod.bundle("e", &["/no/such/binary"], &Spec::default());
+    let mut request = pod.request("e", &bundle, &Spec::default());
+    request.start = true;
+    let err = pod.create(request).unwrap_err().to_string();
+    assert!(err.contains("no such file"), "{err}");
+    let listed = pod.runc(&["list", "-q"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listed.contains(&pod.cid("e")), "{listed}");
+}
+
+#[test]
 fn sigkilled_container_records_137_and_signal_9() {
     let pod = Pod::start("sigkill");
     let bundle = pod.run("c", &["sleep", "1000"], &Spec::default());

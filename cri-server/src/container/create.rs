@@ -1,5 +1,7 @@
-//! CreateContainer: lease the image, mount the overlay rootfs, build the OCI spec, and have the
-//! pod monitor run the OCI runtime's `create`.
+//! CreateContainer: lease the image, mount the overlay rootfs and build the OCI bundle. The OCI
+//! runtime is not run here: StartContainer has the pod monitor create and start the container
+//! in one runtime process (`<runtime> run --detach`), one Go start-up of runc fewer than
+//! `create` + `start`. containerd's CRI plugin also makes the runtime container only at start.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,7 @@ use tracing::{info, instrument, warn};
 use super::record::{ContainerPhase, ContainerRecord};
 use super::spec::{self, EtcFiles, SandboxNamespaces, SpecInput};
 use crate::runtime::{Phase, Runtime, RuntimeError, new_id, now_nanos};
-use crate::sandbox::{SandboxRecord, monitor};
+use crate::sandbox::SandboxRecord;
 
 /// Where the kubelet keeps seccomp profiles (Localhost profiles are relative to it).
 const SECCOMP_ROOT: &str = "/var/lib/kubelet/seccomp";
@@ -112,6 +114,7 @@ impl Runtime {
             log_path,
             user: None,
             volume_images: Vec::new(),
+            runtime_deferred: true,
             config,
         };
         self.save_container(&rec)?;
@@ -203,7 +206,6 @@ impl Runtime {
         spec_config.mounts = self.prepare_mounts(rec, userns_pin).await?;
         crate::failpoint::hit("container-after-volumes");
 
-        let cgroups_path = format!("{}/{}", sb.cgroup_parent.trim_end_matches('/'), rec.id);
         let input = SpecInput {
             container_id: &rec.id,
             sandbox_id: &sb.id,
@@ -231,7 +233,7 @@ impl Runtime {
                     Some(sb.dir.join("shm"))
                 },
             },
-            cgroups_path: cgroups_path.clone(),
+            cgroups_path: cgroups_path(sb, &rec.id),
             can_lower_oom_score: self.can_lower_oom_score,
             seccomp_profile_root: Path::new(SECCOMP_ROOT),
             userns: sb.userns,
@@ -256,8 +258,21 @@ impl Runtime {
             .map_err(|e| RuntimeError::internal("encode OCI spec", e))?;
         crate::store::write_volatile(&rec.bundle.join("config.json"), &config_json)
             .map_err(internal("write OCI bundle"))?;
+        crate::failpoint::hit("container-after-bundle");
 
+        Ok(())
+    }
+
+    /// What the pod monitor needs to have the OCI runtime create the container (`start`:
+    /// and start it, in the same runtime process).
+    pub(crate) fn runtime_request(
+        &self,
+        sb: &SandboxRecord,
+        rec: &ContainerRecord,
+        start: bool,
+    ) -> Result<cri_monitor::protocol::CreateRequest, RuntimeError> {
         let oci = self.oci(&rec.runtime_handler)?;
+        let cgroups_path = cgroups_path(sb, &rec.id);
         let memory_dir = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
             .iter()
             .map(PathBuf::from)
@@ -265,30 +280,24 @@ impl Runtime {
                 d.join("memory.limit_in_bytes").exists() || d.join("cgroup.controllers").exists()
             })
             .map(|d| d.join(cgroups_path.trim_start_matches('/')));
-        rec.pid = monitor::create(
-            &sb.dir,
-            cri_monitor::protocol::CreateRequest {
-                id: rec.id.clone(),
-                runtime: oci.binary.clone(),
-                bundle: rec.bundle.clone(),
-                log_path: rec
-                    .log_path
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("/dev/null")),
-                tty: rec.config.tty,
-                stdin: rec.config.stdin,
-                stdin_once: rec.config.stdin_once,
-                cgroup_memory_dir: memory_dir,
-            },
-        )
-        .await
-        .map_err(|e| {
-            RuntimeError::internal(
-                format!("create container {} ({})", rec.id, oci.binary.display()),
-                e,
-            )
-        })?;
-        crate::failpoint::hit("container-after-runtime-create");
-        Ok(())
+        Ok(cri_monitor::protocol::CreateRequest {
+            id: rec.id.clone(),
+            runtime: oci.binary.clone(),
+            bundle: rec.bundle.clone(),
+            log_path: rec
+                .log_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/null")),
+            tty: rec.config.tty,
+            stdin: rec.config.stdin,
+            stdin_once: rec.config.stdin_once,
+            cgroup_memory_dir: memory_dir,
+            start,
+        })
     }
+}
+
+/// The container's cgroup: under its pod's parent, named by its id.
+fn cgroups_path(sb: &SandboxRecord, id: &str) -> String {
+    format!("{}/{id}", sb.cgroup_parent.trim_end_matches('/'))
 }

@@ -51,15 +51,37 @@ impl Runtime {
                 rec.id, rec.phase
             )));
         }
-        let oci = self.oci(&rec.runtime_handler)?;
+        // A container the runtime has not made yet runs in its pod's namespaces: those must
+        // still be there.
+        let sandbox = if rec.runtime_deferred {
+            let sb = self
+                .sandbox(&rec.sandbox_id)
+                .filter(|sb| sb.phase == crate::runtime::Phase::Ready)
+                .ok_or_else(|| {
+                    RuntimeError::FailedPrecondition(format!(
+                        "pod sandbox {} of container {} is not ready",
+                        rec.sandbox_id, rec.id
+                    ))
+                })?;
+            Some(sb)
+        } else {
+            None
+        };
         // Taken before the start: a container can exit before `start` returns.
         let started_at = now_nanos();
-        if let Err(e) = oci.start(&rec.id).await {
+        let started = if let Some(sb) = sandbox {
+            self.run_deferred(&sb, &mut rec).await
+        } else {
+            // Made by `<runtime> create` (a record of an older version): start it.
+            let oci = self.oci(&rec.runtime_handler)?;
+            oci.start(&rec.id).await.map_err(|e| e.to_string())
+        };
+        if let Err(e) = started {
             rec.phase = ContainerPhase::Exited;
             rec.exit_code = 128;
             rec.finished_at = now_nanos();
             rec.reason = "StartError".into();
-            rec.message = e.to_string();
+            rec.message = e.clone();
             self.save_container(&rec)?;
             return Err(RuntimeError::internal(
                 format!("start container {}", rec.id),
@@ -75,6 +97,26 @@ impl Runtime {
             &rec.sandbox_id,
         );
         info!(container = %rec.id, "container started");
+        Ok(())
+    }
+
+    /// Has the pod monitor create and start the container in one OCI runtime process. The
+    /// record says the runtime was asked (saved first), so that a crash in between is noticed.
+    async fn run_deferred(
+        &self,
+        sb: &crate::sandbox::SandboxRecord,
+        rec: &mut ContainerRecord,
+    ) -> Result<(), String> {
+        let request = self
+            .runtime_request(sb, rec, true)
+            .map_err(|e| e.to_string())?;
+        rec.runtime_deferred = false;
+        self.save_container(rec).map_err(|e| e.to_string())?;
+        let runtime = request.runtime.display().to_string();
+        rec.pid = monitor::create(&sb.dir, request)
+            .await
+            .map_err(|e| format!("{runtime} run: {e}"))?;
+        crate::failpoint::hit("container-after-runtime-run");
         Ok(())
     }
 
@@ -98,6 +140,10 @@ impl Runtime {
             return Ok(());
         };
         if !matches!(rec.phase, ContainerPhase::Running | ContainerPhase::Created) {
+            return Ok(());
+        }
+        // Never started: no process to stop (it stays created, as with containerd).
+        if rec.runtime_deferred {
             return Ok(());
         }
         let oci = self.oci(&rec.runtime_handler)?;
@@ -196,7 +242,8 @@ impl Runtime {
 
     /// Removes everything of a container (best effort, idempotent) and drops its record.
     pub(crate) async fn destroy_container(&self, rec: &ContainerRecord) {
-        if let Ok(oci) = self.oci(&rec.runtime_handler)
+        if !rec.runtime_deferred
+            && let Ok(oci) = self.oci(&rec.runtime_handler)
             && let Err(e) = oci.delete(&rec.id).await
         {
             warn!(container = %rec.id, error = %e, "OCI runtime delete failed");

@@ -41,6 +41,12 @@ pub struct ContainerRecord {
     /// Images mounted as volumes, leased as `<id>.vol<index>`.
     #[serde(default)]
     pub volume_images: Vec<super::volumes::VolumeImage>,
+    /// The OCI runtime has not been asked for this container yet. CreateContainer prepares
+    /// the bundle only; StartContainer creates and starts in one runtime process (`run
+    /// --detach`), and clears this (saved) before it does. Records of older versions lack it:
+    /// their created containers were made with `<runtime> create`.
+    #[serde(default)]
+    pub runtime_deferred: bool,
 }
 
 impl ContainerRecord {

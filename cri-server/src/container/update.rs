@@ -1,4 +1,5 @@
-//! UpdateContainerResources: new limits through the OCI runtime's `update`, kept in the record.
+//! UpdateContainerResources: new limits through the OCI runtime's `update` (or into the
+//! bundle's spec, for a container not started yet), kept in the record.
 
 use k8s_cri::v1::LinuxContainerResources;
 use tracing::{info, instrument};
@@ -32,13 +33,29 @@ impl Runtime {
             return Ok(());
         };
         let oci_resources = spec::resources_for_update(&resources);
-        let path = rec.bundle.join(format!("update-{}.json", &new_id()[..12]));
-        let json = serde_json::to_vec(&oci_resources)
-            .map_err(|e| RuntimeError::internal("encode resources", e))?;
-        std::fs::write(&path, json).map_err(|e| RuntimeError::internal("write resources", e))?;
-        let result = self.oci(&rec.runtime_handler)?.update(&rec.id, &path).await;
-        let _ = std::fs::remove_file(&path);
-        result.map_err(|e| RuntimeError::internal(format!("update resources of {}", rec.id), e))?;
+        if rec.runtime_deferred {
+            // Not handed to the runtime yet (the kubelet's CPU manager updates cpusets between
+            // create and start): the new limits go into the bundle's spec.
+            let path = rec.bundle.join("config.json");
+            let mut oci_spec: oci_spec::runtime::Spec = crate::store::read_json(&path)
+                .map_err(|e| RuntimeError::internal("read OCI bundle", e))?;
+            spec::apply_update(&mut oci_spec, &oci_resources);
+            let json = serde_json::to_vec_pretty(&oci_spec)
+                .map_err(|e| RuntimeError::internal("encode OCI spec", e))?;
+            crate::store::write_volatile(&path, &json)
+                .map_err(|e| RuntimeError::internal("write OCI bundle", e))?;
+        } else {
+            let path = rec.bundle.join(format!("update-{}.json", &new_id()[..12]));
+            let json = serde_json::to_vec(&oci_resources)
+                .map_err(|e| RuntimeError::internal("encode resources", e))?;
+            std::fs::write(&path, json)
+                .map_err(|e| RuntimeError::internal("write resources", e))?;
+            let result = self.oci(&rec.runtime_handler)?.update(&rec.id, &path).await;
+            let _ = std::fs::remove_file(&path);
+            result.map_err(|e| {
+                RuntimeError::internal(format!("update resources of {}", rec.id), e)
+            })?;
+        }
         rec.config
             .linux
             .get_or_insert_with(Default::default)

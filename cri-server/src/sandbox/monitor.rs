@@ -43,7 +43,8 @@ pub async fn start(
     .await
 }
 
-/// Has the monitor run the OCI runtime's `create`; returns the container's init pid.
+/// Has the monitor run the OCI runtime's `create` (or `run --detach`, `request.start`); returns
+/// the container's init pid.
 pub async fn create(dir: &Path, request: CreateRequest) -> std::io::Result<u32> {
     let sock = socket(dir);
     blocking(move || {

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p e2e --bin bench_pods -- [--pods N] [--parallel P] [--rounds R]
-//!     [--warmup W] [--keep-logs DIR] [--no-build]
+//!     [--warmup W] [--keep-logs DIR] [--no-build] [--config-extra FILE]
 //! ```
 //!
 //! Per pod, "start" is RunPodSandbox + CreateContainer + StartContainer (busybox `sleep 3600`,
@@ -58,7 +58,7 @@ const BUSYBOX_REPO: &str = "bench/busybox";
 const PAUSE_REPO: &str = "bench/pause";
 
 const USAGE: &str = "usage: bench_pods [--pods N] [--parallel P] [--rounds R] [--warmup W]
-                  [--keep-logs DIR] [--no-build]
+                  [--keep-logs DIR] [--no-build] [--config-extra FILE]
 
 Starts and tears down pods (busybox `sleep 3600`, one container each) with cri-server and with
 containerd (/usr/bin/containerd, CRI plugin) and prints the times and the memory used.
@@ -69,7 +69,9 @@ containerd (/usr/bin/containerd, CRI plugin) and prints the times and the memory
   --warmup W       untimed pods started and torn down before the batches (default 1)
   --keep-logs DIR  copy each daemon's log into DIR (cri-server logs at debug level)
   --no-build       do not run `cargo build -p cri-server -p cri-monitor` first; use the
-                   binaries next to this one (or $CRI_SERVER_BIN)";
+                   binaries next to this one (or $CRI_SERVER_BIN)
+  --config-extra FILE
+                   TOML appended to cri-server's config (e.g. `[runtime]` settings to compare)";
 
 struct Args {
     pods: usize,
@@ -78,6 +80,8 @@ struct Args {
     warmup: usize,
     keep_logs: Option<PathBuf>,
     build: bool,
+    /// TOML appended to cri-server's config (`--config-extra FILE`).
+    extra_config: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -88,6 +92,7 @@ fn parse_args() -> Result<Args> {
         warmup: 1,
         keep_logs: None,
         build: true,
+        extra_config: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -111,6 +116,11 @@ fn parse_args() -> Result<Args> {
             "--warmup" => args.warmup = number("--warmup", value("--warmup")?)?,
             "--keep-logs" => args.keep_logs = Some(PathBuf::from(value("--keep-logs")?)),
             "--no-build" => args.build = false,
+            "--config-extra" => {
+                let path = value("--config-extra")?;
+                args.extra_config = std::fs::read_to_string(&path)
+                    .with_context(|| format!("read --config-extra {path}"))?;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -613,11 +623,12 @@ async fn start_daemon(
     registry: &Registry,
     images: &Images,
     cni_conf: &Path,
+    extra_config: &str,
 ) -> Result<Daemon> {
     Ok(match kind {
         Kind::Ours => Daemon::Ours(
             CriServer::start(&format!(
-                "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]\n",
+                "[registry]\ninsecure_registries = [{:?}]\n[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]\n{extra_config}",
                 registry.addr(),
                 cni_conf,
                 CNI_BIN_DIR,
@@ -673,7 +684,7 @@ impl Runner {
         )?;
         let cgroup_parent = format!("/bench-{}-{}", kind.slug(), std::process::id());
         let cgroup = CgroupParent(cgroup_parent.clone());
-        let daemon = start_daemon(kind, registry, images, &conf_dir).await?;
+        let daemon = start_daemon(kind, registry, images, &conf_dir, &args.extra_config).await?;
         let session = Session {
             _reaper: PodReaper {
                 socket: daemon.socket().to_path_buf(),

@@ -1,4 +1,5 @@
-//! The `create` verb: run `<runtime> create` with stdio the monitor holds, without blocking
+//! The `create` verb: run `<runtime> create` (or `<runtime> run --detach`, which also starts
+//! the container) with stdio the monitor holds, without blocking
 //! the event loop; the reaper hands back the runtime's exit and [`PendingCreate::finish`]
 //! turns it into a [`Container`] or an error.
 
@@ -76,7 +77,14 @@ pub fn start(
             .arg(ctx.runtime_root)
             .arg("--log")
             .arg(&runtime_log)
-            .args(["--log-format", "json", "create", "--bundle"])
+            .args(["--log-format", "json"]);
+        if request.start {
+            command.args(["run", "--detach"]);
+        } else {
+            command.arg("create");
+        }
+        command
+            .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
             .arg(&pid_file);
@@ -215,13 +223,14 @@ impl PendingCreate {
         if !stderr.is_empty() {
             return stderr.to_string();
         }
+        let verb = if self.request.start { "run" } else { "create" };
         match runtime.signal {
             Some(sig) => format!(
-                "{} create was killed by signal {sig}",
+                "{} {verb} was killed by signal {sig}",
                 self.request.runtime.display()
             ),
             None => format!(
-                "{} create exited with status {}",
+                "{} {verb} exited with status {}",
                 self.request.runtime.display(),
                 runtime.exit_code
             ),

@@ -191,6 +191,7 @@ impl Pod {
             stdin: false,
             stdin_once: false,
             cgroup_memory_dir: Some(self.memory_cgroup_dir(id)),
+            start: false,
         }
     }
 

@@ -46,6 +46,28 @@ pub fn resources_for_update(
     resources::linux_resources(&config, &HostFacts::detect())
 }
 
+/// Folds an update (from [`resources_for_update`]) into a spec not yet given to the runtime:
+/// what the update sets replaces the spec's, the rest (device rules among it) stays, as
+/// `<runtime> update` would leave it.
+pub fn apply_update(spec: &mut Spec, update: &LinuxResources) {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut res = linux.resources().clone().unwrap_or_default();
+    if update.cpu().is_some() {
+        res.set_cpu(update.cpu().clone());
+    }
+    if update.memory().is_some() {
+        res.set_memory(*update.memory());
+    }
+    if update.hugepage_limits().is_some() {
+        res.set_hugepage_limits(update.hugepage_limits().clone());
+    }
+    if update.unified().is_some() {
+        res.set_unified(update.unified().clone());
+    }
+    linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
+}
+
 use host::HostFacts;
 
 /// Everything [`build`] needs for one container.

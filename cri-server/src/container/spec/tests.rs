@@ -1069,3 +1069,29 @@ fn spec_serializes_to_the_json_runc_reads() {
     let back: Spec = serde_json::from_value(v).unwrap();
     assert_eq!(back, spec);
 }
+
+#[test]
+fn an_update_before_start_replaces_what_it_sets_and_keeps_device_rules() {
+    let mut spec = Spec::default();
+    let mut res = LinuxResources::default();
+    res.set_devices(Some(vec![devices::deny_all()]));
+    let mut mem = oci_spec::runtime::LinuxMemory::default();
+    mem.set_limit(Some(64 << 20));
+    res.set_memory(Some(mem));
+    let mut linux = oci_spec::runtime::Linux::default();
+    linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
+
+    let update = resources_for_update(&k8s_cri::v1::LinuxContainerResources {
+        cpu_shares: 512,
+        cpuset_cpus: "0".into(),
+        ..Default::default()
+    });
+    apply_update(&mut spec, &update);
+    let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+    let cpu = res.cpu().as_ref().unwrap();
+    assert_eq!(cpu.shares(), Some(512));
+    assert_eq!(cpu.cpus().as_deref(), Some("0"));
+    assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
+    assert_eq!(res.devices().as_ref().unwrap().len(), 1);
+}
