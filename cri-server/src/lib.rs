@@ -3,6 +3,7 @@
 //! `service` is the gRPC wire layer; `image` the image domain; `config` and `store` the
 //! daemon's configuration and its on-disk state helpers; `server` wires them to a unix socket.
 
+pub mod cgroup_warm;
 pub mod config;
 pub mod container;
 pub mod failpoint;

@@ -108,6 +108,8 @@ pub struct Runtime {
     /// The node's pod CIDR(s) from UpdateRuntimeConfig, offered to CNI as `ipRanges`.
     pub pod_cidr: RwLock<String>,
     pub cgroups: crate::stats::cgroup::Cgroups,
+    /// Takes the kernel's cgroup migration lock as the OCI runtime or cri-exec starts.
+    pub cgroup_warmer: crate::cgroup_warm::CgroupLockWarmer,
     pub stats: crate::stats::StatsCache,
     /// Container and sandbox events for GetContainerEvents streams.
     pub events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
@@ -119,6 +121,9 @@ pub struct Runtime {
     pub(crate) containers: RwLock<HashMap<String, ContainerRecord>>,
     /// One lock per pod id: lifecycle calls on one pod (and its containers) run one at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// OCI runtime deletes of removed, exited containers still running, by pod id: the pod's
+    /// removal waits for them.
+    pub(crate) runtime_deletes: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +220,7 @@ impl Runtime {
             cdi_dirs: config.cdi.spec_dirs.clone(),
             pod_cidr: RwLock::new(String::new()),
             cgroups: crate::stats::cgroup::Cgroups::detect(),
+            cgroup_warmer: crate::cgroup_warm::CgroupLockWarmer::detect(),
             stats: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             can_lower_oom_score,
@@ -222,6 +228,7 @@ impl Runtime {
             sandboxes: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            runtime_deletes: Mutex::new(Vec::new()),
         });
         rt.recover().await;
         Ok(rt)

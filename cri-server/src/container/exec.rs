@@ -33,6 +33,8 @@ impl Runtime {
                 rec.id
             )));
         }
+        // cri-exec or the runtime joins the container's cgroups in a moment.
+        self.cgroup_warmer.warm();
         let timeout = (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs as u64));
         if let Some(exec) = &self.exec_binary
             && rec.pid > 0

@@ -113,6 +113,8 @@ impl Runtime {
         rec.runtime_deferred = false;
         self.save_container(rec).map_err(|e| e.to_string())?;
         let runtime = request.runtime.display().to_string();
+        // The runtime moves the init into its cgroups in a moment.
+        self.cgroup_warmer.warm();
         rec.pid = monitor::create(&sb.dir, request)
             .await
             .map_err(|e| format!("{runtime} run: {e}"))?;
@@ -232,7 +234,8 @@ impl Runtime {
         };
         let lock = self.pod_lock(&rec.sandbox_id);
         let _g = lock.lock().await;
-        let Some(rec) = self.container(&rec.id) else {
+        // Refreshed: an exit the monitor recorded lets the runtime delete run in the background.
+        let Some(rec) = self.refreshed(&rec.id) else {
             return Ok(());
         };
         self.destroy_container(&rec).await;
@@ -244,9 +247,25 @@ impl Runtime {
     pub(crate) async fn destroy_container(&self, rec: &ContainerRecord) {
         if !rec.runtime_deferred
             && let Ok(oci) = self.oci(&rec.runtime_handler)
-            && let Err(e) = oci.delete(&rec.id).await
         {
-            warn!(container = %rec.id, error = %e, "OCI runtime delete failed");
+            let id = rec.id.clone();
+            let delete = async move {
+                if let Err(e) = oci.delete(&id).await {
+                    warn!(container = %id, error = %e, "OCI runtime delete failed");
+                }
+            };
+            if rec.phase == ContainerPhase::Exited {
+                // Its init is gone: the runtime has only its state and cgroups to drop, which
+                // needs nothing below (bundle, rootfs, record). That runs on while the call
+                // returns; the pod's removal waits for it, and a crash before it ends leaves a
+                // runtime container the start-up sweep deletes.
+                let handle = tokio::spawn(delete);
+                let mut pending = self.runtime_deletes.lock().expect("runtime deletes");
+                pending.retain(|(_, h)| !h.is_finished());
+                pending.push((rec.sandbox_id.clone(), handle));
+            } else {
+                delete.await;
+            }
         }
         if let Some(sb) = self.sandbox(&rec.sandbox_id) {
             monitor::forget(&sb.dir, &rec.id).await;
@@ -274,6 +293,21 @@ impl Runtime {
             ContainerEventType::ContainerDeletedEvent,
             &rec.sandbox_id,
         );
+    }
+
+    /// Waits for the background runtime deletes of the pod's removed containers.
+    pub(crate) async fn finish_runtime_deletes(&self, sandbox_id: &str) {
+        let handles: Vec<_> = {
+            let mut pending = self.runtime_deletes.lock().expect("runtime deletes");
+            let (mine, rest) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|(sb, _)| sb == sandbox_id);
+            *pending = rest;
+            mine
+        };
+        for (_, handle) in handles {
+            let _ = handle.await;
+        }
     }
 
     pub async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {

@@ -42,6 +42,7 @@ impl ExecProcess {
         if rec.phase != ContainerPhase::Running {
             return Err(format!("container {} is not running", rec.id));
         }
+        rt.cgroup_warmer.warm();
         // Without a tty, through cri-exec as ExecSync (a tty needs the container's own pty,
         // which runc makes).
         if !p.tty
