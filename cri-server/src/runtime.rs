@@ -121,9 +121,9 @@ pub struct Runtime {
     pub(crate) containers: RwLock<HashMap<String, ContainerRecord>>,
     /// One lock per pod id: lifecycle calls on one pod (and its containers) run one at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// OCI runtime deletes of removed, exited containers still running, by pod id: the pod's
-    /// removal waits for them.
-    pub(crate) runtime_deletes: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
+    /// Cleanups of removed, exited containers still running, by pod id: the pod's removal
+    /// waits for them.
+    pub(crate) cleanups: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,7 +228,7 @@ impl Runtime {
             sandboxes: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
-            runtime_deletes: Mutex::new(Vec::new()),
+            cleanups: Mutex::new(Vec::new()),
         });
         rt.recover().await;
         Ok(rt)

@@ -568,11 +568,26 @@ fn image_volume_is_mounted_read_only_with_sub_path_digest_and_removal_guard() {
             .expect_err("escape resolves inside the image");
         assert!(err.message().contains("does not exist"), "{err:?}");
 
-        n.remove_pod(&pod.0).await;
-        assert_nothing_left(&n);
+        // Right after RemoveContainer (whose cleanup finishes in the background), the image
+        // can go: RemoveImage waits for the container's leases.
+        n.c.runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .unwrap();
+        n.c.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
         remove(&mut n)
             .await
             .expect("removable once no container uses it");
+        n.remove_pod(&pod.0).await;
+        assert_nothing_left(&n);
     });
 }
 

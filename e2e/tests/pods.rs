@@ -1745,7 +1745,6 @@ fn crash_inside_start_container_reports_a_start_error_and_leaves_no_process() {
             })
             .await
             .expect("RemoveContainer");
-        assert_eq!(count(&state.join("bundles")), 0);
         // The pod goes on.
         let next = n.run_container(&pod, "next", &["true"]).await;
         assert_eq!(
@@ -1755,6 +1754,7 @@ fn crash_inside_start_container_reports_a_start_error_and_leaves_no_process() {
             0
         );
         n.remove_pod(&pod.0).await;
+        assert_eq!(count(&state.join("bundles")), 0);
     });
 }
 

@@ -244,50 +244,31 @@ impl Runtime {
     }
 
     /// Removes everything of a container (best effort, idempotent) and drops its record.
+    ///
+    /// For a container whose init has exited, the record goes at once and the rest (the
+    /// runtime's delete: only state and cgroups are left; the rootfs unmount, whose overlay
+    /// syncs its upper filesystem; the bundle and data dirs; the leases) runs on after the call
+    /// returns, as containerd leaves snapshot removal to its garbage collector. The pod's
+    /// removal waits for it, RemoveImage waits for its leases, and a crash before it ends leaves
+    /// orphans the start-up sweep removes.
     pub(crate) async fn destroy_container(&self, rec: &ContainerRecord) {
-        if !rec.runtime_deferred
-            && let Ok(oci) = self.oci(&rec.runtime_handler)
-        {
-            let id = rec.id.clone();
-            let delete = async move {
-                if let Err(e) = oci.delete(&id).await {
-                    warn!(container = %id, error = %e, "OCI runtime delete failed");
-                }
-            };
-            if rec.phase == ContainerPhase::Exited {
-                // Its init is gone: the runtime has only its state and cgroups to drop, which
-                // needs nothing below (bundle, rootfs, record). That runs on while the call
-                // returns; the pod's removal waits for it, and a crash before it ends leaves a
-                // runtime container the start-up sweep deletes.
-                let handle = tokio::spawn(delete);
-                let mut pending = self.runtime_deletes.lock().expect("runtime deletes");
+        let cleanup = self.container_cleanup(rec);
+        if rec.phase == ContainerPhase::Exited {
+            let leases = self.images.cleanup_guard().await;
+            let handle = tokio::spawn(async move {
+                cleanup.await;
+                drop(leases);
+            });
+            {
+                let mut pending = self.cleanups.lock().expect("cleanups");
                 pending.retain(|(_, h)| !h.is_finished());
                 pending.push((rec.sandbox_id.clone(), handle));
-            } else {
-                delete.await;
             }
+            self.drop_container_record(&rec.id);
+        } else {
+            cleanup.await;
+            self.drop_container_record(&rec.id);
         }
-        if let Some(sb) = self.sandbox(&rec.sandbox_id) {
-            monitor::forget(&sb.dir, &rec.id).await;
-        }
-        let _ = umount2(&rec.rootfs(), MntFlags::MNT_DETACH);
-        if let Err(e) = crate::mountapi::unmount_all_under(&self.paths.container_mnt(&rec.id)) {
-            warn!(container = %rec.id, error = %e, "unmounting prepared volumes");
-        }
-        let _ = std::fs::remove_dir_all(&rec.bundle);
-        let _ = std::fs::remove_dir_all(&rec.data_dir);
-        // The rootfs lease and one per image volume: named from the record, no lease dir scan.
-        let holders = std::iter::once(rec.id.clone()).chain(
-            rec.volume_images
-                .iter()
-                .map(|v| super::volumes::lease_holder(&rec.id, v.index)),
-        );
-        for holder in holders {
-            if let Err(e) = self.images.release(&holder).await {
-                warn!(container = %rec.id, error = %e, "releasing image layers");
-            }
-        }
-        self.drop_container_record(&rec.id);
         self.emit(
             &rec.id,
             ContainerEventType::ContainerDeletedEvent,
@@ -295,10 +276,54 @@ impl Runtime {
         );
     }
 
-    /// Waits for the background runtime deletes of the pod's removed containers.
-    pub(crate) async fn finish_runtime_deletes(&self, sandbox_id: &str) {
+    /// What removing a container does besides dropping its record, as a task of its own.
+    fn container_cleanup(
+        &self,
+        rec: &ContainerRecord,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let oci = if rec.runtime_deferred {
+            None
+        } else {
+            self.oci(&rec.runtime_handler).ok()
+        };
+        let monitor_dir = self.sandbox(&rec.sandbox_id).map(|sb| sb.dir);
+        let volumes = self.paths.container_mnt(&rec.id);
+        let images = self.images.clone();
+        let rec = rec.clone();
+        async move {
+            if let Some(oci) = oci
+                && let Err(e) = oci.delete(&rec.id).await
+            {
+                warn!(container = %rec.id, error = %e, "OCI runtime delete failed");
+            }
+            if let Some(dir) = monitor_dir {
+                monitor::forget(&dir, &rec.id).await;
+            }
+            let _ = umount2(&rec.rootfs(), MntFlags::MNT_DETACH);
+            if let Err(e) = crate::mountapi::unmount_all_under(&volumes) {
+                warn!(container = %rec.id, error = %e, "unmounting prepared volumes");
+            }
+            let _ = std::fs::remove_dir_all(&rec.bundle);
+            let _ = std::fs::remove_dir_all(&rec.data_dir);
+            // The rootfs lease and one per image volume: named from the record, no lease dir
+            // scan.
+            let holders = std::iter::once(rec.id.clone()).chain(
+                rec.volume_images
+                    .iter()
+                    .map(|v| super::volumes::lease_holder(&rec.id, v.index)),
+            );
+            for holder in holders {
+                if let Err(e) = images.release(&holder).await {
+                    warn!(container = %rec.id, error = %e, "releasing image layers");
+                }
+            }
+        }
+    }
+
+    /// Waits for the background cleanups of the pod's removed containers.
+    pub(crate) async fn finish_cleanups(&self, sandbox_id: &str) {
         let handles: Vec<_> = {
-            let mut pending = self.runtime_deletes.lock().expect("runtime deletes");
+            let mut pending = self.cleanups.lock().expect("cleanups");
             let (mine, rest) = std::mem::take(&mut *pending)
                 .into_iter()
                 .partition(|(sb, _)| sb == sandbox_id);

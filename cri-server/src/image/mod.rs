@@ -122,6 +122,9 @@ pub struct ImageStore {
     pending: Mutex<HashMap<String, usize>>,
     /// Serializes record changes and garbage collection.
     write: tokio::sync::Mutex<()>,
+    /// Held (shared) by each container cleanup still to release its leases after
+    /// RemoveContainer returned; RemoveImage takes it exclusively, so it sees those leases gone.
+    cleanups: Arc<tokio::sync::RwLock<()>>,
     puller: pull::Puller,
 }
 
@@ -151,6 +154,7 @@ impl ImageStore {
             records: RwLock::new(records),
             pending: Mutex::new(HashMap::new()),
             write: tokio::sync::Mutex::new(()),
+            cleanups: Default::default(),
             puller: pull::Puller::new(options),
         });
         let removed = store.collect_garbage_now()?;
@@ -234,6 +238,7 @@ impl ImageStore {
 
     /// Removes an image with all its names. Unknown images are not an error.
     pub async fn remove(&self, name: &str) -> Result<(), ImageError> {
+        let _cleanups = self.cleanups.write().await;
         let _w = self.write.lock().await;
         let Some(rec) = self.find(name) else {
             return Ok(());
@@ -298,6 +303,12 @@ impl ImageStore {
         let path = self.root.join("leases").join(format!("{holder}.json"));
         // Containers do not outlive a reboot: their leases need no disk flush either.
         store::write_json_volatile(&path, &chain).map_err(ImageError::io("write lease", &path))
+    }
+
+    /// Taken before a container's cleanup is left to run in the background and dropped when it
+    /// has released the container's leases: RemoveImage waits for those.
+    pub async fn cleanup_guard(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.cleanups.clone().read_owned().await
     }
 
     pub async fn release(&self, holder: &str) -> Result<(), ImageError> {

@@ -236,7 +236,7 @@ impl Runtime {
         for c in self.containers_of(&rec.id) {
             self.destroy_container(&c).await;
         }
-        self.finish_runtime_deletes(&rec.id).await;
+        self.finish_cleanups(&rec.id).await;
         if (rec.pins.net.is_some() || rec.network.is_some())
             && let Err(e) = self.cni.del(&rec.id, rec.pins.net.as_deref()).await
         {
