@@ -1623,7 +1623,8 @@ fn update_container_resources_changes_the_cgroup() {
 }
 
 #[test]
-fn a_created_container_runs_nothing_until_started_and_stopping_it_leaves_it_created() {
+fn a_created_container_runs_nothing_until_started_survives_a_restart_and_stopping_it_leaves_it_created()
+ {
     in_node(34, |mut n| async move {
         let pod = n.run_pod("deferred").await;
         let id = n
@@ -1642,6 +1643,13 @@ fn a_created_container_runs_nothing_until_started_and_stopping_it_leaves_it_crea
         };
         // Nothing is made in the runtime before StartContainer.
         assert_eq!(runc_list(), "");
+        assert_eq!(
+            n.status(&id).await.state,
+            ContainerState::ContainerCreated as i32
+        );
+        // Still created, and startable, after a kill -9 of the daemon.
+        n.server.crash_and_restart().unwrap();
+        n.c = n.server.clients().await.unwrap();
         assert_eq!(
             n.status(&id).await.state,
             ContainerState::ContainerCreated as i32
