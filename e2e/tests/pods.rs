@@ -1623,8 +1623,7 @@ fn update_container_resources_changes_the_cgroup() {
 }
 
 #[test]
-fn a_created_container_runs_nothing_until_started_survives_a_restart_and_stopping_it_leaves_it_created()
- {
+fn a_created_container_runs_nothing_until_started_and_survives_restart_and_stop() {
     in_node(34, |mut n| async move {
         let pod = n.run_pod("deferred").await;
         let id = n
