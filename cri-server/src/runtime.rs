@@ -404,11 +404,7 @@ impl Runtime {
         if let Some(sb) = self.sandbox(&rec.sandbox_id) {
             crate::sandbox::monitor::forget(&sb.dir, &rec.id).await;
         }
-        rec.phase = crate::container::ContainerPhase::Exited;
-        rec.exit_code = 128;
-        rec.finished_at = now_nanos();
-        rec.reason = "StartError".into();
-        rec.message = "cri-server stopped while the container was being started".into();
+        rec.fail_start("cri-server stopped while the container was being started".into());
         if let Err(e) = self.save_container(&rec) {
             warn!(container = %rec.id, error = %e, "saving the container record");
         }

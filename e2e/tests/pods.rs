@@ -20,6 +20,17 @@ fn daemon_mount_dirs(state: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// The containers runc knows under the daemon's state dir, one id per line.
+fn runc_containers(state: &std::path::Path) -> String {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(state.join("runc/runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn container_logs_in_cri_format_and_reports_its_exit_code() {
     in_node(11, |mut n| async move {
@@ -944,17 +955,7 @@ fn crash_inside_create_container_leaves_nothing_after_restart() {
                 0,
                 "{point}: image volume leases"
             );
-            let runc = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(state.join("runc/runc"))
-                .args(["list", "-q"])
-                .output()
-                .unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&runc.stdout).trim(),
-                "",
-                "{point}: runc containers"
-            );
+            assert_eq!(runc_containers(&state), "", "{point}: runc containers");
             // Only the daemon's dirs and the pod's own mounts stay (pin dir, mnt dir, its three
             // pins, its shm): no rootfs, no prepared volume.
             let mounts = mounts_under(n.server.dir.path());
@@ -1526,17 +1527,20 @@ fn update_container_resources_changes_the_cgroup() {
         });
         let id = n.create(&pod, cfg).await.unwrap();
         n.start(&id).await;
-        let cg = |ctrl: &str, file: &str| -> String {
-            let v1 = std::path::Path::new("/sys/fs/cgroup")
-                .join(ctrl)
-                .join(n.cgroup_parent.trim_start_matches('/'))
-                .join(&id)
-                .join(file);
-            std::fs::read_to_string(v1)
-                .unwrap_or_default()
-                .trim()
-                .to_string()
+        let cgroup_parent = n.cgroup_parent.clone();
+        let cg_of = move |id: &str, ctrl: &str, file: &str| -> String {
+            std::fs::read_to_string(
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(ctrl)
+                    .join(cgroup_parent.trim_start_matches('/'))
+                    .join(id)
+                    .join(file),
+            )
+            .unwrap_or_default()
+            .trim()
+            .to_string()
         };
+        let cg = |ctrl: &str, file: &str| cg_of(&id, ctrl, file);
         let (mem, quota) = if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
             ("memory.limit_in_bytes", ("cpu", "cpu.cfs_quota_us"))
         } else {
@@ -1600,18 +1604,6 @@ fn update_container_resources_changes_the_cgroup() {
             .await
             .expect("UpdateContainerResources before start");
         n.start(&early).await;
-        let cg_of = |id: &str, ctrl: &str, file: &str| -> String {
-            std::fs::read_to_string(
-                std::path::Path::new("/sys/fs/cgroup")
-                    .join(ctrl)
-                    .join(n.cgroup_parent.trim_start_matches('/'))
-                    .join(id)
-                    .join(file),
-            )
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-        };
         assert_eq!(cg_of(&early, mem_ctrl, mem), (96u64 << 20).to_string());
         assert!(
             cg_of(&early, quota.0, quota.1).starts_with("30000"),
@@ -1631,15 +1623,7 @@ fn a_created_container_runs_nothing_until_started_and_survives_restart_and_stop(
             .await
             .unwrap();
         let state = n.server.dir.path().join("state");
-        let runc_list = || {
-            let out = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(state.join("runc/runc"))
-                .args(["list", "-q"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
+        let runc_list = || runc_containers(&state);
         // Nothing is made in the runtime before StartContainer.
         assert_eq!(runc_list(), "");
         assert_eq!(
@@ -1730,13 +1714,7 @@ fn crash_inside_start_container_reports_a_start_error_and_leaves_no_process() {
         assert_eq!(st.state, ContainerState::ContainerExited as i32);
         assert_eq!(st.reason, "StartError");
         let state = n.server.dir.path().join("state");
-        let runc = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(state.join("runc/runc"))
-            .args(["list", "-q"])
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&runc.stdout).trim(), "");
+        assert_eq!(runc_containers(&state), "");
         let procs = std::path::Path::new("/sys/fs/cgroup/pids")
             .join(n.cgroup_parent.trim_start_matches('/'))
             .join(&id)

@@ -272,14 +272,7 @@ impl Runtime {
         start: bool,
     ) -> Result<cri_monitor::protocol::CreateRequest, RuntimeError> {
         let oci = self.oci(&rec.runtime_handler)?;
-        let cgroups_path = cgroups_path(sb, &rec.id);
-        let memory_dir = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|d| {
-                d.join("memory.limit_in_bytes").exists() || d.join("cgroup.controllers").exists()
-            })
-            .map(|d| d.join(cgroups_path.trim_start_matches('/')));
+        let memory_dir = self.cgroups.memory_dir(&cgroups_path(sb, &rec.id));
         Ok(cri_monitor::protocol::CreateRequest {
             id: rec.id.clone(),
             runtime: oci.binary.clone(),
@@ -291,7 +284,7 @@ impl Runtime {
             tty: rec.config.tty,
             stdin: rec.config.stdin,
             stdin_once: rec.config.stdin_once,
-            cgroup_memory_dir: memory_dir,
+            cgroup_memory_dir: Some(memory_dir),
             start,
         })
     }

@@ -77,11 +77,7 @@ impl Runtime {
             oci.start(&rec.id).await.map_err(|e| e.to_string())
         };
         if let Err(e) = started {
-            rec.phase = ContainerPhase::Exited;
-            rec.exit_code = 128;
-            rec.finished_at = now_nanos();
-            rec.reason = "StartError".into();
-            rec.message = e.clone();
+            rec.fail_start(e.clone());
             self.save_container(&rec)?;
             return Err(RuntimeError::internal(
                 format!("start container {}", rec.id),

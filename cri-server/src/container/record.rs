@@ -62,6 +62,15 @@ impl ContainerRecord {
         }
     }
 
+    /// The container never ran: the OCI runtime refused it, or the daemon stopped mid-start.
+    pub fn fail_start(&mut self, message: String) {
+        self.phase = ContainerPhase::Exited;
+        self.exit_code = 128;
+        self.finished_at = crate::runtime::now_nanos();
+        self.reason = "StartError".into();
+        self.message = message;
+    }
+
     /// Folds in an exit the monitor recorded, or notices an init that vanished without one (its
     /// monitor is gone too, or the node rebooted). Returns true when the record changed.
     pub fn refresh(&mut self, monitor_alive: bool) -> bool {

@@ -61,6 +61,16 @@ impl Cgroups {
         }
     }
 
+    /// The memory controller's dir of the cgroup at `rel` (where an OOM kill is counted).
+    pub fn memory_dir(&self, rel: &str) -> PathBuf {
+        let rel = rel.trim_start_matches('/');
+        if self.v2 {
+            self.root.join(rel)
+        } else {
+            self.root.join("memory").join(rel)
+        }
+    }
+
     fn read_v1(&self, rel: &str) -> Option<Sample> {
         let mem = self.root.join("memory").join(rel);
         let cpu = self.root.join("cpuacct").join(rel);
@@ -147,6 +157,7 @@ mod tests {
             }
         );
         assert!(Cgroups::at(r).read("/pod/gone").is_none());
+        assert_eq!(Cgroups::at(r).memory_dir("/pod/c"), r.join("memory/pod/c"));
     }
 
     #[test]
@@ -164,6 +175,7 @@ mod tests {
         write(r, "pod/c/cpu.stat", "usage_usec 42\nuser_usec 40\n");
         write(r, "pod/c/pids.current", "5\n");
         let s = Cgroups::at(r).read("pod/c").unwrap();
+        assert_eq!(Cgroups::at(r).memory_dir("/pod/c"), r.join("pod/c"));
         assert_eq!(
             s,
             Sample {
